@@ -1,0 +1,105 @@
+//! When to try again: exponential backoff with jitter, and the server's `Retry-After`.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// How transient failures are retried (SPEC §4 `retry`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Delay before the first retry.
+    pub initial: Duration,
+    /// Longest delay between two attempts (also caps a server's `Retry-After`).
+    pub max: Duration,
+    /// Consecutive failed attempts after which the task fails; `None`: until the resource
+    /// timeout. Attempts count again from zero once bytes flow.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(600),
+            max_attempts: None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `attempt` (1-based): `initial × 2^(attempt-1)`, capped,
+    /// then drawn uniformly from its upper half so that many clients do not retry in step.
+    /// A server's `Retry-After` replaces the computed delay (capped at `max`).
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(after) = retry_after {
+            return after.min(self.max);
+        }
+        let exp = attempt.saturating_sub(1).min(30);
+        let base = self.initial.saturating_mul(1u32 << exp).min(self.max);
+        let half = base / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Parses `Retry-After`: delay-seconds or an HTTP date (relative to `now`).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let policy = RetryPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+            max_attempts: None,
+        };
+        for _ in 0..100 {
+            let d1 = policy.delay(1, None);
+            assert!(d1 >= Duration::from_millis(500) && d1 <= Duration::from_secs(1));
+            let d3 = policy.delay(3, None);
+            assert!(d3 >= Duration::from_secs(2) && d3 <= Duration::from_secs(4));
+            let d20 = policy.delay(20, None);
+            assert!(d20 >= Duration::from_secs(5) && d20 <= Duration::from_secs(10));
+        }
+        assert!(policy.delay(200, None) <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn retry_after_wins_but_is_capped() {
+        let policy = RetryPolicy::default();
+        assert_eq!(
+            policy.delay(1, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            policy.delay(1, Some(Duration::from_secs(86_400))),
+            Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn parses_both_retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}
