@@ -47,10 +47,11 @@ impl Staging {
             .len())
     }
 
-    /// Empties the file (a restart from zero).
-    pub fn truncate(&self) -> Result<(), Error> {
+    /// Sets the length: 0 for a restart from zero, the real size when preallocation
+    /// reserved more than a body that turned out shorter.
+    pub fn set_len(&self, len: u64) -> Result<(), Error> {
         self.file
-            .set_len(0)
+            .set_len(len)
             .map_err(|e| Error::io("truncate", self.path.as_path(), e))
     }
 

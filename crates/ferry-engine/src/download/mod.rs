@@ -1,0 +1,296 @@
+//! One download, from URL to placed file: attempts, retries, segments, verification.
+//!
+//! The life of a [`Transfer`]:
+//! 1. an *attempt* sends the first request (a plain `GET`, or `Range` + `If-Range` when a
+//!    checkpoint says bytes are already there), follows redirects itself, and reads the answer:
+//!    `206` continues, `200` restarts from zero, anything else fails the attempt;
+//! 2. the answer's body streams into its segment; when ranges work and the file is large,
+//!    further connections claim unfinished segments or split the largest remaining one
+//!    (an idle connection takes work from the slowest);
+//! 3. a ticker syncs the staging file about once a [`DownloadSpec::checkpoint_interval`] and
+//!    hands the caller a [`Checkpoint`] that is durable;
+//! 4. a transient failure waits out the backoff (or `Retry-After`) and tries again from the
+//!    segment map; a permanent one returns [`Failure`] with the last checkpoint;
+//! 5. when every byte is there: sync, verify the checksum, and place the file atomically.
+
+mod request;
+mod segments;
+mod transfer;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderMap;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::checkpoint::Checkpoint;
+use crate::checksum::Checksum;
+use crate::client::{self, ClientConfig};
+use crate::error::{Error, ErrorKind};
+use crate::progress::Progress;
+use crate::rate::Limits;
+use crate::retry::RetryPolicy;
+use crate::staging::{Conflict, Staging};
+use transfer::Transfer;
+
+/// Redirects followed before `too_many_redirects` (SPEC §9).
+pub const MAX_REDIRECTS: usize = 20;
+
+/// Runs transfers; holds the HTTP client (and so the connection pool) they share.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    client: reqwest::Client,
+}
+
+/// Where the finished file goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Exactly this path.
+    File(PathBuf),
+    /// This folder, under the name the server proposes (`Content-Disposition`, else the URL
+    /// path), sanitised.
+    Folder(PathBuf),
+}
+
+/// Everything one download needs. Build it with [`DownloadSpec::new`] and adjust the fields.
+#[derive(Debug, Clone)]
+pub struct DownloadSpec {
+    /// The URL (`http` or `https`).
+    pub url: String,
+    /// Extra request headers. `Authorization` and `Cookie` are dropped when a redirect
+    /// leaves the origin.
+    pub headers: HeaderMap,
+    /// The staging file the bytes are written to until the file is complete.
+    pub staging: PathBuf,
+    /// Where the finished file goes.
+    pub destination: Destination,
+    /// What to do if the destination exists.
+    pub conflict: Conflict,
+    /// An integrity check; a mismatch fails the download and nothing is placed.
+    pub checksum: Option<Checksum>,
+    /// Connections to use at most (1: no segmentation).
+    pub connections: usize,
+    /// Segments are not split below this size.
+    pub min_segment: u64,
+    /// Resume from here.
+    pub checkpoint: Option<Checkpoint>,
+    /// Bandwidth limits (per transfer and shared).
+    pub limits: Limits,
+    /// Retry policy for transient failures.
+    pub retry: RetryPolicy,
+    /// No byte for this long → transient `request_timeout`.
+    pub request_timeout: Duration,
+    /// The whole download, retries included, must end within this, or it fails `timed_out`.
+    pub resource_timeout: Option<Duration>,
+    /// Follow https → http redirects.
+    pub allow_insecure_redirects: bool,
+    /// How often to sync and emit a [`Checkpoint`].
+    pub checkpoint_interval: Duration,
+}
+
+impl DownloadSpec {
+    /// A spec with SPEC §4's defaults: one connection, request timeout 60 s, resource timeout
+    /// 7 days, checkpoints every second, exponential retry from 1 s to 10 min.
+    pub fn new(url: impl Into<String>, staging: PathBuf, destination: Destination) -> DownloadSpec {
+        DownloadSpec {
+            url: url.into(),
+            headers: HeaderMap::new(),
+            staging,
+            destination,
+            conflict: Conflict::default(),
+            checksum: None,
+            connections: 1,
+            min_segment: 1 << 20,
+            checkpoint: None,
+            limits: Limits::none(),
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(60),
+            resource_timeout: Some(Duration::from_secs(7 * 24 * 3600)),
+            allow_insecure_redirects: false,
+            checkpoint_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Something that happened during a download, for the caller to report or persist.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// A redirect was followed.
+    Redirected {
+        /// Where it came from.
+        from: &'a Url,
+        /// Where it led.
+        to: &'a Url,
+        /// The redirect status.
+        status: u16,
+    },
+    /// An attempt continues from bytes already there (`offset` 0: a restart from zero
+    /// after the resource changed or ranges were refused).
+    ResumedAtOffset {
+        /// Bytes kept.
+        offset: u64,
+        /// Total size, if known.
+        expected: Option<u64>,
+    },
+    /// A transient failure; the next attempt starts after `delay`.
+    Retrying {
+        /// Consecutive failed attempts so far.
+        attempt: u32,
+        /// Wait before the next one.
+        delay: Duration,
+        /// What failed.
+        error: &'a Error,
+    },
+    /// The staging file is synced up to this checkpoint: persist it to resume later.
+    Checkpoint(&'a Checkpoint),
+}
+
+/// Receives [`Event`]s. Closures `Fn(Event)` implement it; `()` ignores everything.
+pub trait Observer: Send + Sync {
+    /// Called on the download's task; keep it short.
+    fn on_event(&self, event: Event<'_>);
+}
+
+impl Observer for () {
+    fn on_event(&self, _: Event<'_>) {}
+}
+
+impl<F: Fn(Event<'_>) + Send + Sync> Observer for F {
+    fn on_event(&self, event: Event<'_>) {
+        self(event)
+    }
+}
+
+/// A redirect that was followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// From.
+    pub from: Url,
+    /// To.
+    pub to: Url,
+    /// Status (301, 302, 303, 307, 308).
+    pub status: u16,
+}
+
+/// A finished download.
+#[derive(Debug, Clone)]
+pub struct Downloaded {
+    /// Where the file was placed.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+    /// The URL after redirects.
+    pub final_url: Url,
+    /// Redirects followed, in order.
+    pub redirects: Vec<Redirect>,
+    /// Status of the last response.
+    pub status: u16,
+    /// Headers of the last response.
+    pub headers: HeaderMap,
+    /// The verified digest, when a checksum was asked for.
+    pub digest: Option<String>,
+}
+
+/// A download that ended without a file: why, and where to resume from.
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: Error,
+    /// The last durable checkpoint (`None` when nothing worth keeping was written, or the
+    /// bytes were discarded, e.g. after a checksum mismatch).
+    pub checkpoint: Option<Checkpoint>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.error)
+    }
+}
+
+impl Engine {
+    /// An engine with its own client and connection pool.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] for an unusable proxy URL or root certificate.
+    pub fn new(config: &ClientConfig) -> Result<Engine, Error> {
+        Ok(Engine {
+            client: client::build(config)?,
+        })
+    }
+
+    /// Runs a download to the end: placed file, permanent failure, cancellation or resource
+    /// timeout. Progress goes to `progress`, events to `observer`.
+    ///
+    /// # Errors
+    /// A [`Failure`] whose error says why (see [`ErrorKind`]) and which carries the
+    /// checkpoint to resume from. Cancelling via `cancel` yields [`ErrorKind::Cancelled`].
+    pub async fn download(
+        &self,
+        spec: &DownloadSpec,
+        progress: &Progress,
+        observer: &dyn Observer,
+        cancel: &CancellationToken,
+    ) -> Result<Downloaded, Failure> {
+        let url = parse_url(&spec.url).map_err(|error| Failure {
+            error,
+            checkpoint: spec.checkpoint.clone(),
+        })?;
+        let staging = Staging::open(&spec.staging).map_err(|error| Failure {
+            error,
+            checkpoint: spec.checkpoint.clone(),
+        })?;
+        let mut transfer = Transfer::new(&self.client, spec, url, progress, observer, staging);
+        transfer.adopt_checkpoint();
+        transfer.run(cancel).await
+    }
+}
+
+fn parse_url(text: &str) -> Result<Url, Error> {
+    let url = Url::parse(text.trim()).map_err(|e| ErrorKind::InvalidUrl {
+        url: text.to_owned(),
+        reason: e.to_string(),
+    })?;
+    check_scheme(&url, text)?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ErrorKind::InvalidUrl {
+            url: text.to_owned(),
+            reason: "it has no host".into(),
+        }
+        .into());
+    }
+    Ok(url)
+}
+
+fn check_scheme(url: &Url, text: &str) -> Result<(), Error> {
+    match url.scheme() {
+        "http" | "https" => Ok(()),
+        other => Err(ErrorKind::UnsupportedScheme {
+            scheme: other.to_owned(),
+            url: text.to_owned(),
+        }
+        .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_urls_with_reasons() {
+        let err = parse_url("ftp://example.com/x").unwrap_err();
+        assert_eq!(err.kind().code(), "unsupported_scheme");
+        assert!(err.to_string().contains("ftp"));
+        let err = parse_url("not a url").unwrap_err();
+        assert_eq!(err.kind().code(), "invalid_url");
+        assert!(err.to_string().contains("not a url"));
+    }
+}
