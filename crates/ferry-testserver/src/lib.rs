@@ -17,6 +17,7 @@
 //!   combinable; booleans are `1`/`true`/`0`/`false`; malformed values get a 400):
 //!   - `seed=<u64>` (default 0)
 //!   - `ranges=0`: ignore `Range`/`If-Range`, no `Accept-Ranges`
+//!   - `bad_range=1`: a 206 always starts at byte 0, whatever start was asked for
 //!   - `etag=0`, `lastmod=0`: omit that validator; `weak_etag=1`: `W/"..."`
 //!   - `versioned=1`: content, ETag and Last-Modified follow
 //!     [`TestServer::set_generation`]

@@ -122,6 +122,7 @@ async fn route(
 struct BytesParams {
     seed: u64,
     ranges: bool,
+    bad_range: bool,
     etag: bool,
     lastmod: bool,
     weak_etag: bool,
@@ -175,6 +176,7 @@ impl BytesParams {
         Ok(Self {
             seed: q.num("seed")?.unwrap_or(0),
             ranges: q.flag("ranges")?.unwrap_or(true),
+            bad_range: q.flag("bad_range")?.unwrap_or(false),
             etag: q.flag("etag")?.unwrap_or(true),
             lastmod: q.flag("lastmod")?.unwrap_or(true),
             weak_etag: q.flag("weak_etag")?.unwrap_or(false),
@@ -302,6 +304,9 @@ fn bytes_resource(
     let (status, start, body_len) = match outcome {
         RangeOutcome::Full => (StatusCode::OK, 0, len),
         RangeOutcome::Partial { start, end } => {
+            // A broken server: it answers from the beginning whatever start was asked for
+            // (and says so in Content-Range, which a client must check).
+            let start = if p.bad_range { 0 } else { start };
             let content_range = format!("bytes {start}-{end}/{len}");
             headers.insert(header::CONTENT_RANGE, header_value(&content_range)?);
             (StatusCode::PARTIAL_CONTENT, start, end - start + 1)

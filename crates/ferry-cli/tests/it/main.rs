@@ -334,3 +334,67 @@ fn progress_bar_shows_bytes_speed_and_eta_on_a_terminal() {
     assert!(screen.contains("/s"), "speed: {screen}");
     assert!(screen.contains("ETA"), "{screen}");
 }
+
+#[test]
+fn honours_proxy_variables_from_the_environment() {
+    let env = Env::new();
+    let out = env
+        .ferry(&[
+            "get",
+            "-q",
+            "http://ferry-proxy-test.invalid/bytes/1000?seed=7",
+            "-o",
+            "p",
+        ])
+        .env("HTTP_PROXY", env.server.url(""))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read(env.work().join("p")).unwrap(),
+        content(7, 0, 1000)
+    );
+    assert_eq!(
+        env.server.requests()[0].uri,
+        "http://ferry-proxy-test.invalid/bytes/1000?seed=7"
+    );
+
+    let out = env
+        .ferry(&["get", "-q", &env.server.url("/bytes/10"), "-o", "direct"])
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "NO_PROXY bypasses the dead proxy: {}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn trusts_an_extra_root_certificate_only_when_given() {
+    let tls = TestServer::start_tls().unwrap();
+    let env = Env::new();
+    let url = tls.url("/bytes/5000?seed=8");
+    let out = env.run(&["get", "-q", &url, "-o", "t"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("[tls]"), "{}", text(&out.stderr));
+
+    let pem = env.dir.path().join("root.pem");
+    std::fs::write(&pem, tls.cert_pem().unwrap()).unwrap();
+    let out = env.run(&[
+        "get",
+        "-q",
+        &url,
+        "-o",
+        "t",
+        "--cacert",
+        pem.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read(env.work().join("t")).unwrap(),
+        content(8, 0, 5000)
+    );
+}

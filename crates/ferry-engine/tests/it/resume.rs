@@ -225,3 +225,60 @@ async fn no_validator_means_no_resume() {
         "without a validator the bytes cannot be trusted to match"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_content_range_is_never_appended() {
+    let env = Env::new();
+    let path = format!("/bytes/{N}?seed=28&rate=4000000&bad_range=1");
+    let checkpoint = env
+        .run_and_cancel(&env.spec(&path), N / 4)
+        .await
+        .checkpoint
+        .unwrap();
+    env.server.clear_log();
+    let mut resumed = env.spec(&format!("/bytes/{N}?seed=28&bad_range=1"));
+    resumed.checkpoint = Some(checkpoint);
+    let (result, recorder) = env.run(&resumed).await;
+    assert_eq!(std::fs::read(result.unwrap().path).unwrap(), content(28, N));
+    assert!(
+        recorder.non_checkpoint_events().iter().any(|e| matches!(
+            e,
+            Seen::Retrying {
+                code: "range_mismatch",
+                ..
+            }
+        )),
+        "{:?}",
+        recorder.non_checkpoint_events()
+    );
+    let requests = env.server.requests();
+    assert_eq!(requests[0].status, 206, "the server answered a range…");
+    assert_eq!(
+        requests[1].header("range"),
+        None,
+        "…from the wrong offset: restart from zero"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_size_is_preallocated() {
+    let env = Env::new();
+    let path = format!("/bytes/{N}?seed=29&rate=2000000");
+    let checkpoint = env
+        .run_and_cancel(&env.spec(&path), 1)
+        .await
+        .checkpoint
+        .unwrap();
+    assert!(checkpoint.bytes() < N);
+    let meta = std::fs::metadata(env.staging()).unwrap();
+    assert_eq!(
+        meta.len(),
+        N,
+        "the staging file has its final size from the start"
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        meta.blocks() * 512 >= N,
+        "and its blocks are reserved, not sparse"
+    );
+}
