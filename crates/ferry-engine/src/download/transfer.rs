@@ -139,12 +139,12 @@ impl<'a> Transfer<'a> {
         blocking(move || staging.sync_data()).await
     }
 
-    /// Syncs, then reports the checkpoint that is now durable.
+    /// Syncs, then reports the checkpoint that is now durable (`None` if it is not).
     async fn emit_checkpoint(&self) -> Option<Checkpoint> {
         let checkpoint = self.checkpoint()?;
         if let Err(e) = self.sync().await {
             tracing::warn!(error = %e, "could not sync the staging file; checkpoint skipped");
-            return Some(checkpoint);
+            return None;
         }
         self.observer.on_event(Event::Checkpoint(&checkpoint));
         Some(checkpoint)
@@ -250,25 +250,25 @@ impl<'a> Transfer<'a> {
             let (hash, _) = futures_util::future::try_join(primary, try_join_all(others)).await?;
             Ok::<_, Error>(hash)
         };
-        tokio::pin!(workers);
-        let mut ticker = tokio::time::interval(self.spec.checkpoint_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                r = &mut workers => {
-                    let hash = r?;
-                    return if self.map.is_complete() {
-                        Ok(hash)
-                    } else {
-                        // Every connection stopped with work left (a split that came too late).
-                        Err(ErrorKind::Interrupted { host: host.clone() }.into())
-                    };
-                }
-                _ = ticker.tick() => {
-                    self.emit_checkpoint().await;
-                }
+        // Polled side by side with the workers, so a slow fdatasync never stalls the bytes.
+        let checkpoints = async {
+            let mut ticker = tokio::time::interval(self.spec.checkpoint_interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                self.emit_checkpoint().await;
             }
+        };
+        let hash = tokio::select! {
+            r = workers => r?,
+            never = checkpoints => never,
+        };
+        if self.map.is_complete() {
+            Ok(hash)
+        } else {
+            // Every connection stopped with work left (a split that came too late).
+            Err(ErrorKind::Interrupted { host }.into())
         }
     }
 
