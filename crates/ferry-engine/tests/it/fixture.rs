@@ -143,6 +143,18 @@ impl Env {
         (result, recorder)
     }
 
+    /// Forgets the server's request log, then runs `path_query` from `checkpoint`.
+    pub async fn resume(
+        &self,
+        path_query: &str,
+        checkpoint: ferry_engine::Checkpoint,
+    ) -> (Result<Downloaded, Failure>, Recorder) {
+        self.server.clear_log();
+        let mut spec = self.spec(path_query);
+        spec.checkpoint = Some(checkpoint);
+        self.run(&spec).await
+    }
+
     /// Runs `spec` and cancels it once at least `after` bytes have been received.
     pub async fn run_and_cancel(&self, spec: &DownloadSpec, after: u64) -> Failure {
         let progress = Arc::new(Progress::default());

@@ -17,10 +17,9 @@ async fn resumes_from_a_checkpoint_fetching_only_the_missing_bytes() {
     let kept = checkpoint.bytes();
     assert!((N / 4..N).contains(&kept), "{kept}");
 
-    env.server.clear_log();
-    let mut resumed = env.spec(&format!("/bytes/{N}?seed=21"));
-    resumed.checkpoint = Some(checkpoint.clone());
-    let (result, recorder) = env.run(&resumed).await;
+    let (result, recorder) = env
+        .resume(&format!("/bytes/{N}?seed=21"), checkpoint.clone())
+        .await;
     let done = result.unwrap();
     assert_eq!(std::fs::read(done.path).unwrap(), content(21, N));
 
@@ -56,10 +55,9 @@ async fn changed_etag_between_attempts_restarts_from_zero() {
     let checkpoint = failure.checkpoint.unwrap();
 
     env.server.set_generation(1);
-    env.server.clear_log();
-    let mut resumed = env.spec(&format!("/bytes/{N}?seed=22&versioned=1"));
-    resumed.checkpoint = Some(checkpoint);
-    let (result, recorder) = env.run(&resumed).await;
+    let (result, recorder) = env
+        .resume(&format!("/bytes/{N}?seed=22&versioned=1"), checkpoint)
+        .await;
     let done = result.unwrap();
     assert_eq!(
         std::fs::read(done.path).unwrap(),
@@ -120,10 +118,7 @@ async fn staging_file_shorter_than_recorded_restarts_from_zero() {
                 .unwrap(),
             _ => std::fs::remove_file(env.staging()).unwrap(),
         }
-        env.server.clear_log();
-        let mut resumed = env.spec(&format!("/bytes/{N}?seed=24"));
-        resumed.checkpoint = Some(checkpoint);
-        let (result, _) = env.run(&resumed).await;
+        let (result, _) = env.resume(&format!("/bytes/{N}?seed=24"), checkpoint).await;
         assert_eq!(
             std::fs::read(result.unwrap().path).unwrap(),
             content(24, N),
@@ -193,10 +188,9 @@ async fn weak_etag_is_not_used_for_if_range() {
         .unwrap();
     assert_eq!(checkpoint.validators.etag, None);
     let last_modified = checkpoint.validators.last_modified.clone().unwrap();
-    env.server.clear_log();
-    let mut resumed = env.spec(&format!("/bytes/{N}?seed=26&weak_etag=1"));
-    resumed.checkpoint = Some(checkpoint);
-    let (result, _) = env.run(&resumed).await;
+    let (result, _) = env
+        .resume(&format!("/bytes/{N}?seed=26&weak_etag=1"), checkpoint)
+        .await;
     assert_eq!(std::fs::read(result.unwrap().path).unwrap(), content(26, N));
     assert_eq!(
         env.server.requests()[0].header("if-range"),
@@ -214,10 +208,9 @@ async fn no_validator_means_no_resume() {
         .checkpoint
         .unwrap();
     assert_eq!(checkpoint.validators, Validators::default());
-    env.server.clear_log();
-    let mut resumed = env.spec(&format!("/bytes/{N}?seed=27&etag=0&lastmod=0"));
-    resumed.checkpoint = Some(checkpoint);
-    let (result, _) = env.run(&resumed).await;
+    let (result, _) = env
+        .resume(&format!("/bytes/{N}?seed=27&etag=0&lastmod=0"), checkpoint)
+        .await;
     assert_eq!(std::fs::read(result.unwrap().path).unwrap(), content(27, N));
     assert_eq!(
         env.server.requests()[0].header("range"),
@@ -235,10 +228,9 @@ async fn wrong_content_range_is_never_appended() {
         .await
         .checkpoint
         .unwrap();
-    env.server.clear_log();
-    let mut resumed = env.spec(&format!("/bytes/{N}?seed=28&bad_range=1"));
-    resumed.checkpoint = Some(checkpoint);
-    let (result, recorder) = env.run(&resumed).await;
+    let (result, recorder) = env
+        .resume(&format!("/bytes/{N}?seed=28&bad_range=1"), checkpoint)
+        .await;
     assert_eq!(std::fs::read(result.unwrap().path).unwrap(), content(28, N));
     assert!(
         recorder.non_checkpoint_events().iter().any(|e| matches!(
