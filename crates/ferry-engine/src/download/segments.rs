@@ -48,6 +48,21 @@ impl SegmentMap {
         }
     }
 
+    /// How far the file is complete without a gap from byte 0.
+    pub(super) fn contiguous_prefix(&self) -> u64 {
+        let mut frontier = 0;
+        for segment in self.snapshot() {
+            if segment.start > frontier {
+                break;
+            }
+            frontier = frontier.max(segment.pos);
+            if segment.pos < segment.end.unwrap_or(u64::MAX) {
+                break;
+            }
+        }
+        frontier
+    }
+
     pub(super) fn bytes(&self) -> u64 {
         self.snapshot().iter().map(|s| s.pos - s.start).sum()
     }
@@ -130,6 +145,7 @@ mod tests {
         assert_eq!((third.start, third.end()), (6 << 20, 8 << 20));
         // Each remaining piece is now below 2 × min_segment.
         assert!(map.claim_or_split(2 << 20).is_none());
+        assert_eq!(map.contiguous_prefix(), 1 << 20);
         let snapshot = map.snapshot();
         assert_eq!(snapshot.len(), 3);
         assert_eq!(

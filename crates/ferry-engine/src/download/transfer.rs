@@ -15,7 +15,7 @@ use super::request::{content_range, is_chunked, range_header};
 use super::segments::SegmentMap;
 use super::{Destination, DownloadSpec, Downloaded, Event, Failure, Observer, Redirect};
 use crate::checkpoint::{Checkpoint, Cursor, OPEN_END, Segment, Validators};
-use crate::checksum::{Checksum, Hasher};
+use crate::checksum::{Algorithm, Checksum, Hasher};
 use crate::error::{Error, ErrorKind};
 use crate::filename;
 use crate::progress::Progress;
@@ -228,12 +228,6 @@ impl<'a> Transfer<'a> {
             .host_str()
             .unwrap_or("")
             .to_owned();
-        let inline = self.spec.checksum.as_ref().and_then(|c| {
-            (first.start == 0 && first.pos() == 0).then(|| InlineHash {
-                hasher: c.algorithm.hasher(),
-                upto: 0,
-            })
-        });
         let segmented = self.spec.connections > 1
             && self.resource.ranges
             && self.resource.total.is_some()
@@ -243,12 +237,36 @@ impl<'a> Transfer<'a> {
         } else {
             0
         };
+        // One connection writing from byte 0 hashes its own chunks. Otherwise (segments, or
+        // bytes kept from before) a follower hashes the file's gap-free prefix as it grows.
+        let algorithm = self.spec.checksum.as_ref().map(|c| c.algorithm);
+        let (inline, followed) = if !segmented && first.start == 0 && first.pos() == 0 {
+            let inline = algorithm.map(|a| InlineHash {
+                hasher: a.hasher(),
+                upto: 0,
+            });
+            (inline, None)
+        } else {
+            (None, algorithm)
+        };
         let this = &*self;
         let primary = this.worker(Some((response, first)), inline, &host);
         let others = (0..helpers).map(|_| this.worker(None, None, &host));
-        let workers = async move {
-            let (hash, _) = futures_util::future::try_join(primary, try_join_all(others)).await?;
-            Ok::<_, Error>(hash)
+        let done = CancellationToken::new();
+        let workers = async {
+            let joined = futures_util::future::try_join(primary, try_join_all(others)).await;
+            done.cancel();
+            joined.map(|(hash, _)| hash)
+        };
+        let follower = async {
+            match followed {
+                Some(algorithm) => Some(this.follow_prefix(algorithm, &done).await),
+                None => None,
+            }
+        };
+        let workers = async {
+            let (hash, followed) = futures_util::future::join(workers, follower).await;
+            hash.map(|inline| inline.or(followed))
         };
         // Polled side by side with the workers, so a slow fdatasync never stalls the bytes.
         let checkpoints = async {
@@ -474,6 +492,53 @@ impl<'a> Transfer<'a> {
                 .pos
                 .store(pos + take as u64, std::sync::atomic::Ordering::Release);
             self.progress.add(take as u64);
+        }
+    }
+
+    /// Hashes the staging file's gap-free prefix as the connections extend it, reading back
+    /// from the page cache on the blocking pool, until `done`.
+    async fn follow_prefix(&self, algorithm: Algorithm, done: &CancellationToken) -> InlineHash {
+        /// Hash at least this much per read-back, so the follower is not a busy loop.
+        const STEP: u64 = 1 << 20;
+        let mut hash = InlineHash {
+            hasher: algorithm.hasher(),
+            upto: 0,
+        };
+        loop {
+            let frontier = self.map.contiguous_prefix();
+            if frontier < hash.upto + STEP {
+                tokio::select! {
+                    () = done.cancelled() => return hash,
+                    () = tokio::time::sleep(std::time::Duration::from_millis(50)) => continue,
+                }
+            }
+            let staging = self.staging.clone();
+            let from = hash.upto;
+            let hashed = tokio::task::spawn_blocking(move || {
+                staging
+                    .hash_range(&mut hash.hasher, from, frontier)
+                    .map(|()| hash)
+            })
+            .await;
+            match hashed {
+                Ok(Ok(h)) => {
+                    hash = h;
+                    hash.upto = frontier;
+                }
+                // Not fatal: the final check hashes the whole file instead.
+                failed => {
+                    let reason = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                        Ok(Ok(_)) => String::new(),
+                    };
+                    tracing::warn!(%reason, "hashing the prefix failed; hashing at the end");
+                    return InlineHash {
+                        hasher: algorithm.hasher(),
+                        upto: 0,
+                    };
+                }
+            }
         }
     }
 

@@ -139,3 +139,37 @@ async fn an_idle_connection_takes_work_from_the_slowest() {
         "the idle connection took the back of B: {ranges:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segmented_and_resumed_downloads_verify_their_checksum() {
+    use ferry_engine::{Algorithm, Checksum};
+    let env = Env::new();
+    let want = content(35, N);
+    let digest = crate::fixture::sha256_hex(&want);
+    let path = format!("/bytes/{N}?seed=35&rate=6000000");
+    let mut spec = env.spec(&path);
+    spec.connections = 4;
+    spec.min_segment = 256 * 1024;
+    spec.checksum = Some(Checksum::new(Algorithm::Sha256, &digest).unwrap());
+    let failure = env.run_and_cancel(&spec, N / 3).await;
+    spec.checkpoint = failure.checkpoint;
+    assert!(spec.checkpoint.as_ref().unwrap().segments.len() > 1);
+    let (result, _) = env.run(&spec).await;
+    let done = result.unwrap();
+    assert_eq!(done.digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(std::fs::read(&done.path).unwrap(), want);
+
+    // The same, from scratch, with a wrong digest: the follower must not hide a mismatch.
+    let mut spec = env.spec(&path);
+    spec.destination = ferry_engine::Destination::File(env.out().join("wrong"));
+    spec.connections = 4;
+    spec.min_segment = 256 * 1024;
+    let wrong = crate::fixture::sha256_hex(b"x");
+    spec.checksum = Some(Checksum::new(Algorithm::Sha256, &wrong).unwrap());
+    let (result, _) = env.run(&spec).await;
+    match result.unwrap_err().error.kind() {
+        ferry_engine::ErrorKind::ChecksumMismatch { actual, .. } => assert_eq!(actual, &digest),
+        other => panic!("{other:?}"),
+    }
+    assert!(!env.out().join("wrong").exists());
+}
