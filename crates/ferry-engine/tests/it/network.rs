@@ -186,3 +186,25 @@ async fn rate_limit_holds_and_can_change_while_running() {
         lowered_at.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_limit_caps_concurrent_transfers_together() {
+    let env = Env::new();
+    let shared = RateLimiter::new(400_000);
+    let n = 300_000u64;
+    let specs: Vec<_> = (0..2)
+        .map(|i| {
+            let mut spec = env.spec(&format!("/bytes/{n}?seed={}", 60 + i));
+            spec.destination = Destination::File(env.out().join(format!("f{i}")));
+            spec.staging = env.dir.path().join(format!("staging/f{i}.part"));
+            spec.limits = Limits::none().with(RateLimiter::unlimited()).with(shared.clone());
+            spec
+        })
+        .collect();
+    let start = Instant::now();
+    let (a, b) = tokio::join!(env.run(&specs[0]), env.run(&specs[1]));
+    a.0.unwrap();
+    b.0.unwrap();
+    // 600 kB through one 400 kB/s bucket, less the burst allowance and a chunk in flight.
+    assert!(start.elapsed() >= Duration::from_millis(1_100), "{:?}", start.elapsed());
+}
