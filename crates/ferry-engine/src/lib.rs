@@ -52,7 +52,7 @@ pub use checksum::{Algorithm, Checksum, Hasher};
 pub use client::{ClientConfig, ProxyConfig};
 pub use download::{
     Destination, DownloadSpec, Downloaded, Engine, Event, Failure, MAX_REDIRECTS, Observer,
-    Redirect,
+    Redirect, parse_url,
 };
 pub use error::{Error, ErrorKind, display_chain};
 pub use progress::Progress;

@@ -253,7 +253,11 @@ impl Engine {
     }
 }
 
-fn parse_url(text: &str) -> Result<Url, Error> {
+/// Parses and checks a URL as a download would: `http`/`https` with a host.
+///
+/// # Errors
+/// [`ErrorKind::InvalidUrl`] or [`ErrorKind::UnsupportedScheme`], naming the URL.
+pub fn parse_url(text: &str) -> Result<Url, Error> {
     let url = Url::parse(text.trim()).map_err(|e| ErrorKind::InvalidUrl {
         url: text.to_owned(),
         reason: e.to_string(),

@@ -197,7 +197,9 @@ async fn a_shared_limit_caps_concurrent_transfers_together() {
             let mut spec = env.spec(&format!("/bytes/{n}?seed={}", 60 + i));
             spec.destination = Destination::File(env.out().join(format!("f{i}")));
             spec.staging = env.dir.path().join(format!("staging/f{i}.part"));
-            spec.limits = Limits::none().with(RateLimiter::unlimited()).with(shared.clone());
+            spec.limits = Limits::none()
+                .with(RateLimiter::unlimited())
+                .with(shared.clone());
             spec
         })
         .collect();
@@ -206,5 +208,9 @@ async fn a_shared_limit_caps_concurrent_transfers_together() {
     a.0.unwrap();
     b.0.unwrap();
     // 600 kB through one 400 kB/s bucket, less the burst allowance and a chunk in flight.
-    assert!(start.elapsed() >= Duration::from_millis(1_100), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(1_100),
+        "{:?}",
+        start.elapsed()
+    );
 }

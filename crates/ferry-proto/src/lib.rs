@@ -1,0 +1,30 @@
+//! The local protocol between ferry clients and the `ferryd` daemon.
+//!
+//! Wire types are a compatibility boundary: they are kept apart from the daemon's database
+//! rows and the engine's types, and `docs/PROTOCOL.md` describes them for clients in other
+//! languages.
+//!
+//! # Frames and order
+//! Every message is one frame ([`frame`]): a 4-byte big-endian length, then JSON. The client
+//! speaks first with [`ClientFrame::Hello`]; the daemon answers [`ServerFrame::Welcome`] or an
+//! [`ServerFrame::Error`] and closes. Then the client sends [`ClientFrame::Request`]s, each
+//! with an id of its choosing; the daemon answers each with a [`ServerFrame::Response`] or
+//! [`ServerFrame::Error`] carrying the same id. After an `attach`, [`ServerFrame::Event`]s
+//! for that session arrive between responses, in order.
+//!
+//! # Unknown messages
+//! A frame that is not valid JSON of a known message closes the connection after an error
+//! frame (code `malformed_frame`); unknown fields inside known messages are ignored, so
+//! later versions can add fields.
+//!
+//! # Trust boundary
+//! The socket is `0600` in a `0700` folder and the daemon checks the peer's uid on every
+//! connection; everything a client sends is still validated as untrusted input.
+
+pub mod frame;
+mod message;
+
+pub use message::*;
+
+/// The protocol version this crate speaks; sent in `hello` and `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,623 @@
+//! Every message of protocol version 1. `docs/PROTOCOL.md` shows each as JSON.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A task's id: assigned by the daemon, unique in it, never reused.
+pub type TaskId = u64;
+
+/// What a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "frame", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// The first frame of every connection.
+    Hello {
+        /// The client's [`crate::PROTOCOL_VERSION`].
+        protocol: u32,
+        /// Free text naming the client, for logs (`"ferry-cli/0.1.0"`).
+        client: String,
+    },
+    /// A request; the answer carries the same `id`.
+    Request {
+        /// Chosen by the client; echoed in the answer.
+        id: u64,
+        /// What is asked.
+        request: Request,
+    },
+}
+
+/// What the daemon sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "frame", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The answer to a valid `hello`.
+    Welcome {
+        /// The daemon's [`crate::PROTOCOL_VERSION`].
+        protocol: u32,
+        /// The daemon's version.
+        daemon_version: String,
+        /// The daemon's process id.
+        pid: u32,
+    },
+    /// A successful answer.
+    Response {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        response: Response,
+    },
+    /// A failed request (`id` set), or a connection-level error (`id` absent) after which the
+    /// daemon closes the connection.
+    Error {
+        /// The request's id, if the error answers one.
+        id: Option<u64>,
+        /// What went wrong.
+        error: ErrorInfo,
+    },
+    /// Something that happened in an attached session.
+    Event(EventFrame),
+}
+
+/// The requests of protocol version 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Creates or re-attaches to a session and makes this connection the one that receives
+    /// and acknowledges its events. The configuration is stored (replacing an older one).
+    /// Replayed journal events follow the response, then `backlog_delivered`.
+    Attach {
+        /// The session id, e.g. `com.example.sync`.
+        session: String,
+        /// The session's configuration.
+        #[serde(default)]
+        config: SessionConfig,
+        /// Take the session from another attached client instead of failing.
+        #[serde(default)]
+        take_over: bool,
+    },
+    /// Stops receiving the session's events; they go to the journal again.
+    Detach {
+        /// The session id.
+        session: String,
+    },
+    /// Acknowledges every event of the session up to and including `seq`.
+    Ack {
+        /// The session id.
+        session: String,
+        /// The highest sequence number handled.
+        seq: u64,
+    },
+    /// Creates a download task (the session is created with the default configuration if it
+    /// does not exist yet). Needs no attachment.
+    CreateDownload {
+        /// The session the task belongs to.
+        session: String,
+        /// The download.
+        request: DownloadRequest,
+    },
+    /// Lists tasks, of one session or of all.
+    ListTasks {
+        /// Only this session's tasks.
+        #[serde(default)]
+        session: Option<String>,
+    },
+    /// Pauses a task, keeping its bytes (URLSession's `suspend`).
+    Suspend {
+        /// The task.
+        task: TaskId,
+    },
+    /// Starts or continues a suspended task (URLSession's `resume`).
+    Resume {
+        /// The task.
+        task: TaskId,
+    },
+    /// Cancels a task and deletes its bytes.
+    Cancel {
+        /// The task.
+        task: TaskId,
+    },
+    /// The daemon's status.
+    Status,
+}
+
+/// Successful answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// The session is attached to this connection.
+    Attached {
+        /// The session id.
+        session: String,
+        /// How many journaled events are about to be replayed.
+        backlog: u64,
+    },
+    /// One task, as it is after the request.
+    Task {
+        /// The task.
+        task: TaskInfo,
+    },
+    /// Tasks, in id order.
+    Tasks {
+        /// The tasks.
+        tasks: Vec<TaskInfo>,
+    },
+    /// The daemon's status.
+    Status {
+        /// Process id.
+        pid: u32,
+        /// Daemon version.
+        version: String,
+        /// Its `FERRY_HOME`.
+        home: String,
+        /// Task counts by state name (`suspended`, `waiting`, `transferring`, `succeeded`…).
+        tasks: BTreeMap<String, u64>,
+    },
+    /// The request was carried out; nothing to report.
+    Done,
+}
+
+/// A session's configuration (SPEC §4). Every field has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionConfig {
+    /// Transfers of this session running at once.
+    pub max_concurrent: u32,
+    /// Default priority of new tasks.
+    pub priority: Priority,
+    /// Seconds without a byte before a transient `request_timeout`.
+    pub request_timeout_secs: u64,
+    /// Seconds a task may take, retries included, before it fails `timed_out`.
+    pub resource_timeout_secs: u64,
+    /// Headers sent with every request of the session.
+    pub headers: Headers,
+    /// Bytes per second for the whole session (absent: unlimited).
+    pub rate_limit: Option<u64>,
+    /// What to do when a destination exists.
+    pub destination_conflict: Conflict,
+    /// Keep undelivered events for absent clients (false: task states only).
+    pub journal: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> SessionConfig {
+        SessionConfig {
+            max_concurrent: 6,
+            priority: Priority::Normal,
+            request_timeout_secs: 60,
+            resource_timeout_secs: 7 * 24 * 3600,
+            headers: Headers::default(),
+            rate_limit: None,
+            destination_conflict: Conflict::Rename,
+            journal: true,
+        }
+    }
+}
+
+/// Priority classes, highest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Background work.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Ahead of normal.
+    High,
+    /// What the user is waiting for.
+    Foreground,
+}
+
+/// What to do when the destination exists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Conflict {
+    /// Save as `name (1).ext`.
+    #[default]
+    Rename,
+    /// Replace it.
+    Overwrite,
+    /// Fail with `destination_exists`.
+    Fail,
+}
+
+/// Request headers. `Debug` hides the values of `Authorization`, `Cookie` and
+/// `Proxy-Authorization`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Headers(pub Vec<(String, String)>);
+
+impl Headers {
+    /// Whether a header name carries a secret that must never be logged or echoed.
+    pub fn is_secret(name: &str) -> bool {
+        ["authorization", "cookie", "proxy-authorization"]
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(name))
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if Headers::is_secret(k) { "***" } else { v };
+                format!("{k}: {shown}")
+            }))
+            .finish()
+    }
+}
+
+/// A download to create.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DownloadRequest {
+    /// The URL (`http` or `https`).
+    pub url: String,
+    /// Absolute path of the file to create; absent: a file in the session's inbox, named by
+    /// the server, reported in `finished_downloading`.
+    #[serde(default)]
+    pub destination: Option<String>,
+    /// Headers for this task, added to the session's.
+    #[serde(default)]
+    pub headers: Headers,
+    /// Expected digest as `ALGO:HEX` (`md5`, `sha1`, `sha256`, `sha512`, `blake3`).
+    #[serde(default)]
+    pub checksum: Option<String>,
+    /// Priority (absent: the session's default).
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Free text returned with every event of the task (at most 4 KiB).
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Connections to use at most (absent: the daemon's default, 8).
+    #[serde(default)]
+    pub connections: Option<u32>,
+    /// Bytes per second for this task.
+    #[serde(default)]
+    pub rate_limit: Option<u64>,
+    /// Start at once (true, the default) or stay `suspended` until `resume`.
+    #[serde(default = "yes")]
+    pub start: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A task as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    /// Its id.
+    pub id: TaskId,
+    /// Its session.
+    pub session: String,
+    /// The URL asked for (the original request).
+    pub url: String,
+    /// The URL after redirects (the current request), once known.
+    pub current_url: Option<String>,
+    /// The destination asked for (absent: the inbox).
+    pub destination: Option<String>,
+    /// Where the finished file is, once it is.
+    pub location: Option<String>,
+    /// Its state.
+    #[serde(flatten)]
+    pub state: TaskState,
+    /// Bytes received so far (as of the last checkpoint for tasks not running).
+    pub bytes_done: u64,
+    /// The size, once known.
+    pub bytes_total: Option<u64>,
+    /// The last error (also while retrying).
+    pub error: Option<ErrorInfo>,
+    /// The client's tag.
+    pub tag: Option<String>,
+    /// Its priority.
+    pub priority: Priority,
+}
+
+/// A task's state (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TaskState {
+    /// Created but not started, or paused.
+    Suspended,
+    /// Started and not yet finished.
+    Running {
+        /// What it is doing.
+        phase: RunPhase,
+    },
+    /// Finished, one way or another.
+    Completed {
+        /// How.
+        outcome: OutcomeKind,
+    },
+}
+
+impl TaskState {
+    /// The state's one-word name: `suspended`, `waiting`, `connecting`, `transferring`,
+    /// `retry_wait`, `succeeded`, `failed`, `cancelled`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskState::Suspended => "suspended",
+            TaskState::Running { phase } => match phase {
+                RunPhase::Waiting => "waiting",
+                RunPhase::Connecting => "connecting",
+                RunPhase::Transferring => "transferring",
+                RunPhase::RetryWait => "retry_wait",
+            },
+            TaskState::Completed { outcome } => match outcome {
+                OutcomeKind::Succeeded => "succeeded",
+                OutcomeKind::Failed => "failed",
+                OutcomeKind::Cancelled => "cancelled",
+            },
+        }
+    }
+
+    /// The inverse of [`TaskState::name`].
+    pub fn from_name(name: &str) -> Option<TaskState> {
+        let running = |phase| Some(TaskState::Running { phase });
+        let completed = |outcome| Some(TaskState::Completed { outcome });
+        match name {
+            "suspended" => Some(TaskState::Suspended),
+            "waiting" => running(RunPhase::Waiting),
+            "connecting" => running(RunPhase::Connecting),
+            "transferring" => running(RunPhase::Transferring),
+            "retry_wait" => running(RunPhase::RetryWait),
+            "succeeded" => completed(OutcomeKind::Succeeded),
+            "failed" => completed(OutcomeKind::Failed),
+            "cancelled" => completed(OutcomeKind::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// What a running task is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunPhase {
+    /// Queued: waiting for a free slot.
+    Waiting,
+    /// Sending the request.
+    Connecting,
+    /// Receiving bytes.
+    Transferring,
+    /// A transient error; the next attempt is scheduled.
+    RetryWait,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// The file is in place.
+    Succeeded,
+    /// A permanent error.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// An error as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// Stable snake-case code (`http_status`, `no_space`, `session_in_use`…).
+    pub code: String,
+    /// A sentence for people, with the cause chain.
+    pub message: String,
+    /// Whether trying again later may succeed.
+    #[serde(default)]
+    pub transient: bool,
+    /// The HTTP status, for `http_status`.
+    #[serde(default)]
+    pub status: Option<u16>,
+}
+
+impl ErrorInfo {
+    /// A permanent error with a code and a message.
+    pub fn new(code: &str, message: impl Into<String>) -> ErrorInfo {
+        ErrorInfo {
+            code: code.to_owned(),
+            message: message.into(),
+            transient: false,
+            status: None,
+        }
+    }
+}
+
+impl fmt::Display for ErrorInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}]", self.message, self.code)
+    }
+}
+
+/// An event with its address: the session, its sequence number (absent for progress, which
+/// is not journaled), the task and the task's tag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventFrame {
+    /// The session.
+    pub session: String,
+    /// Position in the session's journal; acknowledge it with `ack`.
+    pub seq: Option<u64>,
+    /// The task, for task events.
+    pub task: Option<TaskId>,
+    /// The task's tag.
+    pub tag: Option<String>,
+    /// What happened.
+    pub event: Event,
+}
+
+/// Events (SPEC §7). Per task they come in the order listed; `completed` comes exactly once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// Bytes arrived (at most 10 per second per task; not journaled).
+    Progress {
+        /// Bytes since the last progress event.
+        written: u64,
+        /// Bytes present in total.
+        total_written: u64,
+        /// The size, if known.
+        expected: Option<u64>,
+    },
+    /// A redirect was followed.
+    Redirected {
+        /// From.
+        from: String,
+        /// To.
+        to: String,
+        /// Its status.
+        status: u16,
+    },
+    /// The transfer continues from `offset` (0: restarted from zero).
+    ResumedAtOffset {
+        /// Bytes kept.
+        offset: u64,
+        /// The size, if known.
+        expected: Option<u64>,
+    },
+    /// A transient error; the next attempt comes after `delay_ms`.
+    Retrying {
+        /// Consecutive failed attempts.
+        attempt: u32,
+        /// Milliseconds until the next attempt.
+        delay_ms: u64,
+        /// What failed.
+        error: ErrorInfo,
+    },
+    /// The file is complete and verified at `location`. A file in the inbox stays until this
+    /// event is acknowledged.
+    FinishedDownloading {
+        /// The file's path.
+        location: String,
+    },
+    /// The task ended; always the task's last event.
+    Completed {
+        /// How.
+        outcome: Outcome,
+        /// The last response's status, when there was one.
+        status: Option<u16>,
+    },
+    /// All journaled events have been handed over after an attach.
+    BacklogDelivered,
+}
+
+impl Event {
+    /// Whether the event is written to the journal (everything but progress).
+    pub fn is_journaled(&self) -> bool {
+        !matches!(self, Event::Progress { .. })
+    }
+}
+
+/// How a task ended, with the details.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The file is in place.
+    Succeeded,
+    /// A permanent error.
+    Failed {
+        /// The error.
+        error: ErrorInfo,
+    },
+    /// Cancelled.
+    Cancelled {
+        /// Who or what cancelled it.
+        reason: CancelReason,
+    },
+}
+
+/// Why a task was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// A client asked.
+    Client,
+    /// The user terminated the session.
+    UserTerminated,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_the_documented_json_shape() {
+        let hello = ClientFrame::Hello {
+            protocol: 1,
+            client: "t".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&hello).unwrap(),
+            serde_json::json!({"frame": "hello", "protocol": 1, "client": "t"})
+        );
+        let req: ClientFrame = serde_json::from_value(serde_json::json!({
+            "frame": "request", "id": 7,
+            "request": {"type": "create_download", "session": "s",
+                        "request": {"url": "http://h/f"}}
+        }))
+        .unwrap();
+        match req {
+            ClientFrame::Request {
+                id: 7,
+                request: Request::CreateDownload { request, .. },
+            } => {
+                assert!(request.start, "start defaults to true");
+                assert_eq!(request.destination, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let event = ServerFrame::Event(EventFrame {
+            session: "s".into(),
+            seq: Some(3),
+            task: Some(9),
+            tag: None,
+            event: Event::Completed {
+                outcome: Outcome::Failed {
+                    error: ErrorInfo::new("http_status", "404"),
+                },
+                status: Some(404),
+            },
+        });
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["frame"], "event");
+        assert_eq!(json["event"]["type"], "completed");
+        assert_eq!(json["event"]["outcome"]["result"], "failed");
+        assert_eq!(serde_json::from_value::<ServerFrame>(json).unwrap(), event);
+    }
+
+    #[test]
+    fn task_state_names_round_trip_and_flatten() {
+        for name in [
+            "suspended",
+            "waiting",
+            "connecting",
+            "transferring",
+            "retry_wait",
+            "succeeded",
+            "failed",
+            "cancelled",
+        ] {
+            assert_eq!(TaskState::from_name(name).unwrap().name(), name);
+        }
+        let json = serde_json::to_value(TaskState::Running {
+            phase: RunPhase::RetryWait,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"state": "running", "phase": "retry_wait"})
+        );
+    }
+
+    #[test]
+    fn debug_hides_secret_headers() {
+        let h = Headers(vec![
+            ("Authorization".into(), "Bearer s3cret".into()),
+            ("X-Trace".into(), "visible".into()),
+        ]);
+        let shown = format!("{h:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("visible"),
+            "{shown}"
+        );
+    }
+}

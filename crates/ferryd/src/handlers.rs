@@ -1,0 +1,294 @@
+//! One function per request: validate, act, answer.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ferry_proto::{
+    DownloadRequest, ErrorInfo, Event, EventFrame, Request, Response, ServerFrame, SessionConfig,
+    TaskInfo, TaskState,
+};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::home::{Layout, valid_session_id};
+use crate::hub::{ConnectionId, Hub};
+use crate::scheduler::{self, ControlError, Scheduler};
+use crate::store::{NewTask, Store, StoreError, sessions, tasks};
+
+/// Longest tag accepted (SPEC §5).
+const MAX_TAG_BYTES: usize = 4096;
+
+/// What every handler may use.
+pub struct Context {
+    /// The store.
+    pub store: Arc<Store>,
+    /// Attachments.
+    pub hub: Arc<Hub>,
+    /// The scheduler.
+    pub scheduler: Arc<Scheduler>,
+    /// `FERRY_HOME`.
+    pub layout: Layout,
+}
+
+/// The connection a request came on.
+pub struct Peer {
+    /// Its id.
+    pub connection: ConnectionId,
+    /// The client's pid, if the kernel told.
+    pub pid: Option<i32>,
+    /// Its outgoing queue.
+    pub outbound: UnboundedSender<ServerFrame>,
+}
+
+/// Answers one request. `None` when the handler already queued its answer (attach, whose
+/// response must precede the replayed events).
+pub async fn handle(ctx: &Context, peer: &Peer, id: u64, request: Request) -> Option<ServerFrame> {
+    let result = match request {
+        Request::Attach {
+            session,
+            config,
+            take_over,
+        } => match attach(ctx, peer, id, session, config, take_over).await {
+            Ok(()) => return None,
+            Err(e) => Err(e),
+        },
+        Request::Detach { session } => {
+            ctx.hub.detach(&session, peer.connection);
+            Ok(Response::Done)
+        }
+        Request::Ack { session, seq } => ack(ctx, session, seq).await,
+        Request::CreateDownload { session, request } => create(ctx, session, request).await,
+        Request::ListTasks { session } => list(ctx, session).await,
+        Request::Suspend { task } => control(ctx, task, ctx.scheduler.suspend(task).await).await,
+        Request::Resume { task } => control(ctx, task, ctx.scheduler.resume(task).await).await,
+        Request::Cancel { task } => control(ctx, task, ctx.scheduler.cancel(task).await).await,
+        Request::Status => status(ctx).await,
+    };
+    Some(match result {
+        Ok(response) => ServerFrame::Response { id, response },
+        Err(error) => ServerFrame::Error {
+            id: Some(id),
+            error,
+        },
+    })
+}
+
+fn internal(e: StoreError) -> ErrorInfo {
+    tracing::error!(error = %e, "store failure while answering a request");
+    ErrorInfo::new("internal", e.to_string())
+}
+
+fn check_session(session: &str) -> Result<(), ErrorInfo> {
+    if valid_session_id(session) {
+        Ok(())
+    } else {
+        Err(ErrorInfo::new(
+            "invalid_request",
+            format!(
+                "session id {session:?} must be 1 to 128 letters, digits, '.', '_' or '-', \
+                 not starting with '.'"
+            ),
+        ))
+    }
+}
+
+async fn read<R: Send + 'static>(
+    ctx: &Context,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, ErrorInfo> {
+    let store = ctx.store.clone();
+    tokio::task::spawn_blocking(move || store.read(f))
+        .await
+        .map_err(|e| ErrorInfo::new("internal", e.to_string()))?
+        .map_err(internal)
+}
+
+async fn attach(
+    ctx: &Context,
+    peer: &Peer,
+    id: u64,
+    session: String,
+    config: SessionConfig,
+    take_over: bool,
+) -> Result<(), ErrorInfo> {
+    check_session(&session)?;
+    ctx.scheduler.configure_session(&session, &config);
+    let (s, c) = (session.clone(), config);
+    ctx.store
+        .write(move |conn| {
+            sessions::upsert(conn, &s, &c)?;
+            Ok(((), Vec::new()))
+        })
+        .await
+        .map_err(internal)?;
+    // The backlog is read under the hub's lock (see `hub`), on this worker: a short read.
+    let store = ctx.store.clone();
+    let name = session.clone();
+    tokio::task::block_in_place(|| {
+        ctx.hub.attach(
+            &session,
+            peer.connection,
+            peer.pid,
+            peer.outbound.clone(),
+            take_over,
+            || {
+                let backlog = store.read(|c| tasks::backlog(c, &name)).map_err(internal)?;
+                let mut frames = vec![ServerFrame::Response {
+                    id,
+                    response: Response::Attached {
+                        session: name.clone(),
+                        backlog: backlog.len() as u64,
+                    },
+                }];
+                let replayed = !backlog.is_empty();
+                frames.extend(backlog.into_iter().map(ServerFrame::Event));
+                if replayed {
+                    frames.push(ServerFrame::Event(EventFrame {
+                        session: name.clone(),
+                        seq: None,
+                        task: None,
+                        tag: None,
+                        event: Event::BacklogDelivered,
+                    }));
+                }
+                Ok(frames)
+            },
+        )
+    })?;
+    // A snapshot of every running task's progress, after the backlog.
+    for frame in ctx.scheduler.progress_snapshot(&session) {
+        let _ = peer.outbound.send(ServerFrame::Event(frame));
+    }
+    Ok(())
+}
+
+async fn ack(ctx: &Context, session: String, seq: u64) -> Result<Response, ErrorInfo> {
+    check_session(&session)?;
+    let acked = ctx
+        .store
+        .write(move |c| Ok((tasks::acknowledge(c, &session, seq)?, Vec::new())))
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound(m) => ErrorInfo::new("unknown_session", m),
+            e => internal(e),
+        })?;
+    // An inbox file has served its purpose once its event is acknowledged.
+    let inbox = ctx.layout.root.join("inbox");
+    for event in acked {
+        if let Event::FinishedDownloading { location } = event
+            && Path::new(&location).starts_with(&inbox)
+        {
+            let _ = std::fs::remove_file(&location);
+        }
+    }
+    Ok(Response::Done)
+}
+
+fn validate(request: &DownloadRequest) -> Result<(), ErrorInfo> {
+    ferry_engine::parse_url(&request.url).map_err(|e| scheduler::error_info(&e))?;
+    if let Some(dest) = &request.destination
+        && !Path::new(dest).is_absolute()
+    {
+        return Err(ErrorInfo::new(
+            "invalid_request",
+            format!("destination {dest:?} must be an absolute path"),
+        ));
+    }
+    if let Some(checksum) = &request.checksum {
+        checksum
+            .parse::<ferry_engine::Checksum>()
+            .map_err(|e| ErrorInfo::new("invalid_request", e))?;
+    }
+    if request
+        .tag
+        .as_ref()
+        .is_some_and(|t| t.len() > MAX_TAG_BYTES)
+    {
+        return Err(ErrorInfo::new(
+            "invalid_request",
+            format!("the tag is longer than {MAX_TAG_BYTES} bytes"),
+        ));
+    }
+    if request.connections.is_some_and(|c| !(1..=64).contains(&c)) {
+        return Err(ErrorInfo::new(
+            "invalid_request",
+            "connections must be between 1 and 64",
+        ));
+    }
+    scheduler::headers(request.headers.0.iter())?;
+    Ok(())
+}
+
+async fn create(
+    ctx: &Context,
+    session: String,
+    request: DownloadRequest,
+) -> Result<Response, ErrorInfo> {
+    check_session(&session)?;
+    validate(&request)?;
+    let row = ctx
+        .store
+        .write(move |c| {
+            sessions::ensure(c, &session)?;
+            let config = sessions::config(c, &session)?.unwrap_or_default();
+            let task = NewTask {
+                priority: request.priority.unwrap_or(config.priority),
+                state: if request.start {
+                    TaskState::Running {
+                        phase: ferry_proto::RunPhase::Waiting,
+                    }
+                } else {
+                    TaskState::Suspended
+                },
+                session,
+                request,
+            };
+            Ok((tasks::insert(c, &task)?, Vec::new()))
+        })
+        .await
+        .map_err(internal)?;
+    ctx.scheduler.wake();
+    Ok(Response::Task { task: row.info() })
+}
+
+fn live(ctx: &Context, mut info: TaskInfo) -> TaskInfo {
+    if let Some((done, total)) = ctx.scheduler.live_progress(info.id) {
+        info.bytes_done = done;
+        info.bytes_total = total.or(info.bytes_total);
+    }
+    info
+}
+
+async fn list(ctx: &Context, session: Option<String>) -> Result<Response, ErrorInfo> {
+    let rows = read(ctx, move |c| tasks::list(c, session.as_deref())).await?;
+    Ok(Response::Tasks {
+        tasks: rows.iter().map(|r| live(ctx, r.info())).collect(),
+    })
+}
+
+async fn control(
+    ctx: &Context,
+    task: u64,
+    outcome: Result<(), ControlError>,
+) -> Result<Response, ErrorInfo> {
+    match outcome {
+        Ok(()) => {}
+        Err(ControlError::Refused(e)) => return Err(e),
+        Err(ControlError::Store(e)) => return Err(internal(e)),
+    }
+    let row = read(ctx, move |c| tasks::get(c, task)).await?;
+    let row =
+        row.ok_or_else(|| ErrorInfo::new("unknown_task", format!("there is no task {task}")))?;
+    Ok(Response::Task {
+        task: live(ctx, row.info()),
+    })
+}
+
+async fn status(ctx: &Context) -> Result<Response, ErrorInfo> {
+    let counts = read(ctx, tasks::counts).await?;
+    Ok(Response::Status {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        home: ctx.layout.root.display().to_string(),
+        tasks: counts,
+    })
+}

@@ -1,0 +1,141 @@
+//! `ferryd`: the per-user daemon that owns background transfers.
+//!
+//! It keeps sessions, tasks, checkpoints and undelivered events in a SQLite store
+//! ([`store`]), runs tasks on the engine ([`scheduler`]), and serves the local protocol
+//! (`ferry-proto`) on a Unix socket ([`server`]). A client that is attached to a session
+//! receives its events live; otherwise they wait in the journal until it attaches again.
+//!
+//! Start it with [`run`] (the `ferryd` binary does); it stops on SIGTERM or SIGINT after
+//! checkpointing every running transfer.
+
+pub mod handlers;
+pub mod home;
+pub mod hub;
+pub mod scheduler;
+pub mod server;
+pub mod store;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::handlers::Context;
+use crate::home::Layout;
+use crate::hub::Hub;
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::store::Store;
+
+/// Everything the daemon is started with.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// `FERRY_HOME`.
+    pub layout: Layout,
+    /// Scheduler settings.
+    pub scheduler: SchedulerConfig,
+}
+
+impl DaemonConfig {
+    /// From the environment: `FERRY_HOME`, and for tests and tuning
+    /// `FERRY_CHECKPOINT_MS` (checkpoint interval) and `FERRY_MAX_RUNNING`.
+    pub fn from_env() -> Result<DaemonConfig> {
+        let mut scheduler = SchedulerConfig::default();
+        if let Some(ms) = env_number("FERRY_CHECKPOINT_MS")? {
+            scheduler.checkpoint_interval = Duration::from_millis(ms.max(10));
+        }
+        if let Some(n) = env_number("FERRY_MAX_RUNNING")? {
+            scheduler.max_running = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
+        }
+        Ok(DaemonConfig {
+            layout: Layout::from_env()?,
+            scheduler,
+        })
+    }
+}
+
+fn env_number(name: &str) -> Result<Option<u64>> {
+    match std::env::var(name) {
+        Ok(v) => {
+            Ok(Some(v.trim().parse().with_context(|| {
+                format!("{name}={v:?} is not a number")
+            })?))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+///
+/// # Errors
+/// When another daemon serves the same `FERRY_HOME`, the store is unusable (the message says
+/// how to recover), or the socket cannot be bound.
+pub fn run(config: DaemonConfig) -> Result<()> {
+    let lock = config.layout.prepare()?;
+    let hub = Arc::new(Hub::default());
+    let store = Arc::new(Store::open(&config.layout.database(), hub.clone())?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("while starting the async runtime")?;
+    let result = runtime.block_on(serve(config, store.clone(), hub));
+    store.close();
+    drop(lock);
+    result
+}
+
+async fn serve(config: DaemonConfig, store: Arc<Store>, hub: Arc<Hub>) -> Result<()> {
+    let layout = config.layout.clone();
+    let engine = ferry_engine::Engine::new(&ferry_engine::ClientConfig::default())?;
+    let scheduler = Arc::new(Scheduler::new(
+        store.clone(),
+        hub.clone(),
+        layout.clone(),
+        engine,
+        config.scheduler,
+    ));
+    let configs = store.read(store::sessions::all)?;
+    for (session, cfg) in &configs {
+        scheduler.configure_session(session, cfg);
+    }
+
+    // We hold the lock, so a socket file left here is a dead daemon's.
+    let socket = layout.socket();
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("while binding {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("while restricting {}", socket.display()))?;
+
+    let shutdown = CancellationToken::new();
+    let ctx = Arc::new(Context {
+        store,
+        hub,
+        scheduler: scheduler.clone(),
+        layout: layout.clone(),
+    });
+    let accept = tokio::spawn(server::accept_loop(listener, ctx, shutdown.clone()));
+    let scheduling = tokio::spawn(scheduler.run(shutdown.clone()));
+    tracing::info!(home = %layout.root.display(), pid = std::process::id(), "ferryd ready");
+
+    wait_for_signal().await?;
+    tracing::info!("stopping: checkpointing running transfers");
+    shutdown.cancel();
+    let _ = accept.await;
+    let _ = scheduling.await;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("while watching SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("while watching SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,774 @@
+//! Decides which waiting tasks run, runs them on the engine, and records how they end.
+//!
+//! A task runs when the daemon-wide and its session's limits allow, highest priority first,
+//! then oldest. While it runs, the engine's checkpoints and events are written through the
+//! store's writer in order; when it ends, its final state and its last events are written in
+//! one transaction. Stopping a running task (suspend, cancel, shutdown) cancels the engine,
+//! which hands back a synced checkpoint, and the task's end is recorded by its own runner —
+//! so exactly one place writes a task's end.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use ferry_engine::http::{HeaderMap, HeaderName, HeaderValue};
+use ferry_engine::{
+    Destination, DownloadSpec, Downloaded, Engine, Failure, Limits, Progress, RateLimiter,
+};
+use ferry_proto::{
+    CancelReason, ErrorInfo, Event, EventFrame, Outcome, OutcomeKind, RunPhase, ServerFrame,
+    SessionConfig, TaskState,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::home::Layout;
+use crate::hub::Hub;
+use crate::store::{Store, StoreError, TaskRow, sessions, tasks};
+
+const WAITING: TaskState = TaskState::Running {
+    phase: RunPhase::Waiting,
+};
+const CONNECTING: TaskState = TaskState::Running {
+    phase: RunPhase::Connecting,
+};
+const TRANSFERRING: TaskState = TaskState::Running {
+    phase: RunPhase::Transferring,
+};
+const RETRY_WAIT: TaskState = TaskState::Running {
+    phase: RunPhase::RetryWait,
+};
+/// The states of a task the engine is working on.
+const ACTIVE: [TaskState; 3] = [CONNECTING, TRANSFERRING, RETRY_WAIT];
+
+/// Daemon-wide settings of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Transfers running at once in the whole daemon.
+    pub max_running: usize,
+    /// Connections per download unless the task says otherwise.
+    pub default_connections: usize,
+    /// How often running tasks checkpoint.
+    pub checkpoint_interval: Duration,
+    /// Bytes per second for the whole daemon (0: unlimited).
+    pub rate_limit: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> SchedulerConfig {
+        SchedulerConfig {
+            max_running: 16,
+            default_connections: 8,
+            checkpoint_interval: Duration::from_secs(1),
+            rate_limit: 0,
+        }
+    }
+}
+
+/// Why a running task is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Suspend,
+    Cancel,
+    Shutdown,
+}
+
+struct Running {
+    session: String,
+    cancel: CancellationToken,
+    stop: Arc<Mutex<Option<Stop>>>,
+    progress: Arc<Progress>,
+    /// Cancelled when the task's end has been recorded.
+    finished: CancellationToken,
+}
+
+/// The scheduler; shared by the connections (control requests) and its own loop.
+pub struct Scheduler {
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    layout: Layout,
+    engine: Engine,
+    config: SchedulerConfig,
+    running: Mutex<HashMap<u64, Running>>,
+    session_limits: Mutex<HashMap<String, RateLimiter>>,
+    global_limit: RateLimiter,
+    wake: Notify,
+}
+
+/// A control request could not be carried out.
+#[derive(Debug)]
+pub enum ControlError {
+    /// The store failed.
+    Store(StoreError),
+    /// The request does not fit the task (unknown task, wrong state…).
+    Refused(ErrorInfo),
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> ControlError {
+        ControlError::Store(e)
+    }
+}
+
+impl Scheduler {
+    /// A scheduler over the store.
+    pub fn new(
+        store: Arc<Store>,
+        hub: Arc<Hub>,
+        layout: Layout,
+        engine: Engine,
+        config: SchedulerConfig,
+    ) -> Scheduler {
+        Scheduler {
+            global_limit: RateLimiter::new(config.rate_limit),
+            store,
+            hub,
+            layout,
+            engine,
+            config,
+            running: Mutex::new(HashMap::new()),
+            session_limits: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        }
+    }
+
+    fn running(&self) -> MutexGuard<'_, HashMap<u64, Running>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the loop to look for work.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Applies a session's (new) rate limit to its running and future tasks.
+    pub fn configure_session(&self, session: &str, config: &SessionConfig) {
+        let mut limits = self
+            .session_limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let rate = config.rate_limit.unwrap_or(0);
+        limits
+            .entry(session.to_owned())
+            .or_insert_with(RateLimiter::unlimited)
+            .set_rate(rate);
+    }
+
+    fn session_limit(&self, session: &str) -> RateLimiter {
+        self.session_limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(session.to_owned())
+            .or_insert_with(RateLimiter::unlimited)
+            .clone()
+    }
+
+    /// Live bytes of a running task (fresher than the last checkpoint).
+    pub fn live_progress(&self, task: u64) -> Option<(u64, Option<u64>)> {
+        self.running()
+            .get(&task)
+            .map(|r| (r.progress.received(), r.progress.expected()))
+    }
+
+    /// Progress events for every running task of `session` (the snapshot sent on attach).
+    pub fn progress_snapshot(&self, session: &str) -> Vec<EventFrame> {
+        let running = self.running();
+        let mut ids: Vec<_> = running
+            .iter()
+            .filter(|(_, r)| r.session == session)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| {
+                let r = running.get(&id)?;
+                Some(EventFrame {
+                    session: session.to_owned(),
+                    seq: None,
+                    task: Some(id),
+                    tag: None,
+                    event: Event::Progress {
+                        written: 0,
+                        total_written: r.progress.received(),
+                        expected: r.progress.expected(),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Runs the loop until `shutdown`, then stops every running task with a checkpoint and
+    /// waits until their state is recorded.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let progress = tokio::spawn(self.clone().progress_loop(shutdown.clone()));
+        loop {
+            if let Err(e) = self.schedule().await {
+                tracing::error!(error = %e, "scheduling failed");
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        let finishing: Vec<CancellationToken> = self
+            .running()
+            .values()
+            .map(|r| {
+                set_stop(&r.stop, Stop::Shutdown);
+                r.cancel.cancel();
+                r.finished.clone()
+            })
+            .collect();
+        for f in finishing {
+            f.cancelled().await;
+        }
+        let _ = progress.await;
+    }
+
+    /// Sends coalesced progress (at most 4 per second per task) to attached sessions.
+    async fn progress_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut last: HashMap<u64, u64> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let frames: Vec<(String, ServerFrame)> = {
+                let running = self.running();
+                last.retain(|id, _| running.contains_key(id));
+                running
+                    .iter()
+                    .filter_map(|(id, r)| {
+                        let now = r.progress.received();
+                        let before = last.insert(*id, now).unwrap_or(0);
+                        (now != before).then(|| {
+                            let frame = ServerFrame::Event(EventFrame {
+                                session: r.session.clone(),
+                                seq: None,
+                                task: Some(*id),
+                                tag: None,
+                                event: Event::Progress {
+                                    written: now.saturating_sub(before),
+                                    total_written: now,
+                                    expected: r.progress.expected(),
+                                },
+                            });
+                            (r.session.clone(), frame)
+                        })
+                    })
+                    .collect()
+            };
+            for (session, frame) in frames {
+                self.hub.send_to(&session, frame);
+            }
+        }
+    }
+
+    async fn schedule(self: &Arc<Self>) -> Result<(), StoreError> {
+        let free = self.config.max_running.saturating_sub(self.running().len());
+        if free == 0 {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let (candidates, configs) = tokio::task::spawn_blocking(move || {
+            store.read(|c| Ok((tasks::waiting(c, 4096)?, sessions::all(c)?)))
+        })
+        .await
+        .map_err(|e| StoreError::Unusable(e.to_string()))??;
+        let configs: HashMap<String, SessionConfig> = configs.into_iter().collect();
+        let mut per_session: HashMap<String, usize> = HashMap::new();
+        for r in self.running().values() {
+            *per_session.entry(r.session.clone()).or_default() += 1;
+        }
+        let mut started = 0;
+        for row in candidates {
+            if started >= free {
+                break;
+            }
+            if self.running().contains_key(&row.id) {
+                continue;
+            }
+            let limit = configs
+                .get(&row.session)
+                .map_or(6, |c| c.max_concurrent as usize);
+            let count = per_session.entry(row.session.clone()).or_default();
+            if *count >= limit {
+                continue;
+            }
+            let config = configs.get(&row.session).cloned().unwrap_or_default();
+            if self.start(row, config).await? {
+                *count += 1;
+                started += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a waiting task to connecting and spawns its runner.
+    async fn start(
+        self: &Arc<Self>,
+        row: TaskRow,
+        config: SessionConfig,
+    ) -> Result<bool, StoreError> {
+        let id = row.id;
+        let moved = self
+            .store
+            .write(move |c| {
+                let moved = tasks::transition(c, id, &[WAITING], CONNECTING, None)?;
+                let checkpoint = if moved {
+                    tasks::checkpoint(c, id)?
+                } else {
+                    None
+                };
+                Ok(((moved, checkpoint), Vec::new()))
+            })
+            .await?;
+        let (true, checkpoint) = moved else {
+            return Ok(false);
+        };
+        let spec = match self.spec(&row, &config, checkpoint) {
+            Ok(spec) => spec,
+            Err(error) => {
+                // A request that cannot even be built fails at once, with its events.
+                self.record_end(&row, Err(EndError::Setup(error)), None)
+                    .await;
+                return Ok(true);
+            }
+        };
+        let running = Running {
+            session: row.session.clone(),
+            cancel: CancellationToken::new(),
+            stop: Arc::new(Mutex::new(None)),
+            progress: Arc::new(Progress::default()),
+            finished: CancellationToken::new(),
+        };
+        let (cancel, progress, finished) = (
+            running.cancel.clone(),
+            running.progress.clone(),
+            running.finished.clone(),
+        );
+        let stop = running.stop.clone();
+        self.running().insert(id, running);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let observer = TaskObserver {
+                store: this.store.clone(),
+                task: id,
+                session: row.session.clone(),
+                tag: row.request.tag.clone(),
+            };
+            let result = this
+                .engine
+                .download(&spec, &progress, &observer, &cancel)
+                .await;
+            let stopped = *stop.lock().unwrap_or_else(PoisonError::into_inner);
+            this.record_end(&row, result.map_err(EndError::Engine), stopped)
+                .await;
+            this.running().remove(&id);
+            finished.cancel();
+            this.wake();
+        });
+        Ok(true)
+    }
+
+    fn spec(
+        &self,
+        row: &TaskRow,
+        config: &SessionConfig,
+        checkpoint: Option<ferry_engine::Checkpoint>,
+    ) -> Result<DownloadSpec, ErrorInfo> {
+        let request = &row.request;
+        let destination = match &request.destination {
+            Some(path) => Destination::File(path.into()),
+            None => {
+                let inbox = self.layout.inbox(&row.session);
+                std::fs::create_dir_all(&inbox).map_err(|e| {
+                    ErrorInfo::new(
+                        "io",
+                        format!("cannot create the inbox {}: {e}", inbox.display()),
+                    )
+                })?;
+                Destination::Folder(inbox)
+            }
+        };
+        let mut spec = DownloadSpec::new(&request.url, self.layout.staging(row.id), destination);
+        spec.headers = headers(config.headers.0.iter().chain(request.headers.0.iter()))?;
+        spec.conflict = match config.destination_conflict {
+            ferry_proto::Conflict::Rename => ferry_engine::Conflict::Rename,
+            ferry_proto::Conflict::Overwrite => ferry_engine::Conflict::Overwrite,
+            ferry_proto::Conflict::Fail => ferry_engine::Conflict::Fail,
+        };
+        spec.checksum = request
+            .checksum
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| ErrorInfo::new("invalid_request", e))?;
+        spec.connections = request
+            .connections
+            .map_or(self.config.default_connections, |c| c as usize)
+            .max(1);
+        spec.checkpoint = checkpoint;
+        let mut limits = Limits::none()
+            .with(self.global_limit.clone())
+            .with(self.session_limit(&row.session));
+        if let Some(rate) = request.rate_limit {
+            limits = limits.with(RateLimiter::new(rate));
+        }
+        spec.limits = limits;
+        spec.request_timeout = Duration::from_secs(config.request_timeout_secs.max(1));
+        spec.resource_timeout = Some(Duration::from_secs(config.resource_timeout_secs.max(1)));
+        spec.checkpoint_interval = self.config.checkpoint_interval;
+        Ok(spec)
+    }
+
+    /// Records how a run ended: state, checkpoint, files and events, in one transaction.
+    async fn record_end(
+        &self,
+        row: &TaskRow,
+        result: Result<Downloaded, EndError>,
+        stopped: Option<Stop>,
+    ) {
+        let (id, session, tag) = (row.id, row.session.clone(), row.request.tag.clone());
+        let staging = self.layout.staging(id);
+        let end = match result {
+            Ok(done) => End::Succeeded(done),
+            Err(EndError::Engine(failure)) => match (stopped, failure.error.kind()) {
+                (Some(stop), ferry_engine::ErrorKind::Cancelled) => End::Stopped(stop, failure),
+                _ => End::Failed(failure.checkpoint.clone(), error_info(&failure.error)),
+            },
+            Err(EndError::Setup(error)) => End::Failed(None, error),
+        };
+        let remove_staging = matches!(&end, End::Stopped(Stop::Cancel, _))
+            || matches!(&end, End::Failed(_, e) if e.code != "no_space");
+        let written = self
+            .store
+            .write(move |c| {
+                let tag = tag.as_deref();
+                let mut events = Vec::new();
+                match end {
+                    End::Succeeded(done) => {
+                        tasks::transition(c, id, &ACTIVE, succeeded(), None)?;
+                        let location = done.path.to_string_lossy().into_owned();
+                        tasks::set_finished(c, id, &location, done.bytes, done.final_url.as_str())?;
+                        tasks::delete_checkpoint(c, id)?;
+                        events.push(tasks::journal_append(
+                            c,
+                            &session,
+                            Some(id),
+                            tag,
+                            Event::FinishedDownloading { location },
+                        )?);
+                        events.push(tasks::journal_append(
+                            c,
+                            &session,
+                            Some(id),
+                            tag,
+                            Event::Completed {
+                                outcome: Outcome::Succeeded,
+                                status: Some(done.status),
+                            },
+                        )?);
+                    }
+                    End::Failed(checkpoint, error) => {
+                        tasks::transition(c, id, &ACTIVE, failed(), Some(&error))?;
+                        match checkpoint {
+                            Some(cp) if error.code == "no_space" => {
+                                tasks::save_checkpoint(c, id, &cp)?
+                            }
+                            _ => tasks::delete_checkpoint(c, id)?,
+                        }
+                        events.push(tasks::journal_append(
+                            c,
+                            &session,
+                            Some(id),
+                            tag,
+                            Event::Completed {
+                                status: error.status,
+                                outcome: Outcome::Failed { error },
+                            },
+                        )?);
+                    }
+                    End::Stopped(stop, failure) => {
+                        let to = match stop {
+                            Stop::Suspend => TaskState::Suspended,
+                            Stop::Shutdown => WAITING,
+                            Stop::Cancel => cancelled(),
+                        };
+                        tasks::transition(c, id, &ACTIVE, to, None)?;
+                        match (stop, failure.checkpoint) {
+                            (Stop::Cancel, _) | (_, None) => tasks::delete_checkpoint(c, id)?,
+                            (_, Some(cp)) => tasks::save_checkpoint(c, id, &cp)?,
+                        }
+                        if stop == Stop::Cancel {
+                            events.push(tasks::journal_append(
+                                c,
+                                &session,
+                                Some(id),
+                                tag,
+                                Event::Completed {
+                                    outcome: Outcome::Cancelled {
+                                        reason: CancelReason::Client,
+                                    },
+                                    status: None,
+                                },
+                            )?);
+                        }
+                    }
+                }
+                Ok(((), events))
+            })
+            .await;
+        if let Err(e) = written {
+            tracing::error!(task = id, error = %e, "could not record the end of a task");
+        }
+        if remove_staging {
+            let _ = std::fs::remove_file(staging);
+        }
+    }
+
+    /// Pauses a task, keeping its bytes.
+    pub async fn suspend(&self, task: u64) -> Result<(), ControlError> {
+        if let Some(finished) = self.stop_running(task, Stop::Suspend) {
+            finished.cancelled().await;
+            return Ok(());
+        }
+        let moved = self
+            .store
+            .write(move |c| {
+                Ok((
+                    tasks::transition(c, task, &[WAITING], TaskState::Suspended, None)?,
+                    Vec::new(),
+                ))
+            })
+            .await?;
+        self.refuse_unless(moved, task, "suspend", &[TaskState::Suspended])
+    }
+
+    /// Starts or continues a suspended task.
+    pub async fn resume(&self, task: u64) -> Result<(), ControlError> {
+        let moved = self
+            .store
+            .write(move |c| {
+                Ok((
+                    tasks::transition(c, task, &[TaskState::Suspended], WAITING, None)?,
+                    Vec::new(),
+                ))
+            })
+            .await?;
+        self.wake();
+        let mut already = ACTIVE.to_vec();
+        already.push(WAITING);
+        self.refuse_unless(moved, task, "resume", &already)
+    }
+
+    /// Cancels a task: its bytes are deleted and it completes `cancelled`.
+    pub async fn cancel(&self, task: u64) -> Result<(), ControlError> {
+        if let Some(finished) = self.stop_running(task, Stop::Cancel) {
+            finished.cancelled().await;
+            return Ok(());
+        }
+        let staging = self.layout.staging(task);
+        let moved = self
+            .store
+            .write(move |c| {
+                let Some(row) = tasks::get(c, task)? else {
+                    return Ok((false, Vec::new()));
+                };
+                if !tasks::transition(c, task, &[WAITING, TaskState::Suspended], cancelled(), None)?
+                {
+                    return Ok((false, Vec::new()));
+                }
+                tasks::delete_checkpoint(c, task)?;
+                let event = tasks::journal_append(
+                    c,
+                    &row.session,
+                    Some(task),
+                    row.request.tag.as_deref(),
+                    Event::Completed {
+                        outcome: Outcome::Cancelled {
+                            reason: CancelReason::Client,
+                        },
+                        status: None,
+                    },
+                )?;
+                Ok((true, vec![event]))
+            })
+            .await?;
+        if moved {
+            let _ = std::fs::remove_file(staging);
+        }
+        self.refuse_unless(moved, task, "cancel", &[])
+    }
+
+    fn stop_running(&self, task: u64, stop: Stop) -> Option<CancellationToken> {
+        let running = self.running();
+        let r = running.get(&task)?;
+        set_stop(&r.stop, stop);
+        r.cancel.cancel();
+        Some(r.finished.clone())
+    }
+
+    /// Turns "the conditional update matched nothing" into the right answer: fine if the task
+    /// is already where it was asked to go, else unknown task or wrong state.
+    fn refuse_unless(
+        &self,
+        moved: bool,
+        task: u64,
+        verb: &str,
+        already_fine: &[TaskState],
+    ) -> Result<(), ControlError> {
+        if moved {
+            return Ok(());
+        }
+        let row = self.store.read(|c| tasks::get(c, task))?;
+        match row {
+            None => Err(ControlError::Refused(ErrorInfo::new(
+                "unknown_task",
+                format!("there is no task {task}"),
+            ))),
+            Some(row) if already_fine.contains(&row.state) => Ok(()),
+            Some(row) => Err(ControlError::Refused(ErrorInfo::new(
+                "invalid_state",
+                format!("cannot {verb} task {task}: it is {}", row.state.name()),
+            ))),
+        }
+    }
+}
+
+fn set_stop(stop: &Mutex<Option<Stop>>, value: Stop) {
+    let mut s = stop.lock().unwrap_or_else(PoisonError::into_inner);
+    // The first reason wins: a cancel during shutdown stays a cancel.
+    s.get_or_insert(value);
+}
+
+fn succeeded() -> TaskState {
+    TaskState::Completed {
+        outcome: OutcomeKind::Succeeded,
+    }
+}
+
+fn failed() -> TaskState {
+    TaskState::Completed {
+        outcome: OutcomeKind::Failed,
+    }
+}
+
+fn cancelled() -> TaskState {
+    TaskState::Completed {
+        outcome: OutcomeKind::Cancelled,
+    }
+}
+
+/// Why a run produced no file.
+enum EndError {
+    Engine(Failure),
+    Setup(ErrorInfo),
+}
+
+enum End {
+    Succeeded(Downloaded),
+    Failed(Option<ferry_engine::Checkpoint>, ErrorInfo),
+    Stopped(Stop, Failure),
+}
+
+/// The wire form of an engine error, with its cause chain.
+pub fn error_info(error: &ferry_engine::Error) -> ErrorInfo {
+    ErrorInfo {
+        code: error.kind().code().to_owned(),
+        message: ferry_engine::display_chain(error),
+        transient: error.is_transient(),
+        status: error.status(),
+    }
+}
+
+/// Header pairs as a map; a bad name or value is an `invalid_request`.
+pub fn headers<'a>(
+    pairs: impl Iterator<Item = &'a (String, String)>,
+) -> Result<HeaderMap, ErrorInfo> {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ErrorInfo::new("invalid_request", format!("bad header name {name:?}")))?;
+        let v = HeaderValue::from_str(value).map_err(|_| {
+            ErrorInfo::new("invalid_request", format!("bad value for header {name}"))
+        })?;
+        map.append(n, v);
+    }
+    Ok(map)
+}
+
+/// Writes the engine's reports while a task runs, in order, through the store's writer.
+struct TaskObserver {
+    store: Arc<Store>,
+    task: u64,
+    session: String,
+    tag: Option<String>,
+}
+
+impl ferry_engine::Observer for TaskObserver {
+    fn on_event(&self, event: ferry_engine::Event<'_>) {
+        let (task, session, tag) = (self.task, self.session.clone(), self.tag.clone());
+        match event {
+            ferry_engine::Event::Checkpoint(cp) => {
+                let cp = cp.clone();
+                self.store.write_detached(move |c| {
+                    // Only while the task is still this run's: a late checkpoint must not
+                    // touch a task that ended.
+                    let active = tasks::get(c, task)?.is_some_and(|t| ACTIVE.contains(&t.state));
+                    if active {
+                        tasks::transition(c, task, &[CONNECTING], TRANSFERRING, None)?;
+                        tasks::save_checkpoint(c, task, &cp)?;
+                    }
+                    Ok(Vec::new())
+                });
+            }
+            other => {
+                let (event, state) = match other {
+                    ferry_engine::Event::Redirected { from, to, status } => (
+                        Event::Redirected {
+                            from: from.to_string(),
+                            to: to.to_string(),
+                            status,
+                        },
+                        None,
+                    ),
+                    ferry_engine::Event::ResumedAtOffset { offset, expected } => (
+                        Event::ResumedAtOffset { offset, expected },
+                        Some((TRANSFERRING, None)),
+                    ),
+                    ferry_engine::Event::Retrying {
+                        attempt,
+                        delay,
+                        error,
+                    } => {
+                        let info = error_info(error);
+                        (
+                            Event::Retrying {
+                                attempt,
+                                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                                error: info.clone(),
+                            },
+                            Some((RETRY_WAIT, Some(info))),
+                        )
+                    }
+                    _ => return,
+                };
+                self.store.write_detached(move |c| {
+                    if let Some((to, error)) = state {
+                        tasks::transition(c, task, &ACTIVE, to, error.as_ref())?;
+                    }
+                    Ok(vec![tasks::journal_append(
+                        c,
+                        &session,
+                        Some(task),
+                        tag.as_deref(),
+                        event,
+                    )?])
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The socket: accepting connections, the handshake, and one task per connection.
+//!
+//! Every connection is checked against the daemon's own uid (`SO_PEERCRED`) before a byte is
+//! read. A malformed or oversized frame, a wrong protocol version or a missing `hello` gets
+//! an error frame and closes that connection only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ferry_proto::frame::{FrameError, read_frame, write_frame};
+use ferry_proto::{ClientFrame, ErrorInfo, PROTOCOL_VERSION, ServerFrame};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::handlers::{self, Context};
+
+/// How long a client may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `shutdown`.
+pub async fn accept_loop(listener: UnixListener, ctx: Arc<Context>, shutdown: CancellationToken) {
+    let ids = AtomicU64::new(1);
+    let uid = rustix::process::getuid().as_raw();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let id = ids.fetch_add(1, Ordering::Relaxed);
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            serve(stream, id, uid, ctx).await;
+        });
+    }
+}
+
+async fn serve(stream: UnixStream, connection: u64, uid: u32, ctx: Arc<Context>) {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the peer's credentials; closing");
+            return;
+        }
+    };
+    let (mut reader, mut writer) = stream.into_split();
+    if cred.uid() != uid {
+        tracing::warn!(
+            peer_uid = cred.uid(),
+            "refused a connection from another user"
+        );
+        let _ = write_frame(
+            &mut writer,
+            &ServerFrame::Error {
+                id: None,
+                error: ErrorInfo::new(
+                    "permission_denied",
+                    format!("this daemon serves uid {uid} only"),
+                ),
+            },
+        )
+        .await;
+        return;
+    }
+
+    // All frames to the client go through one queue, written by one task, so responses and
+    // events never interleave inside a frame and keep their order.
+    let (tx, mut rx) = mpsc::unbounded_channel::<ServerFrame>();
+    let outbound = tokio::spawn(async move {
+        let mut delivered: HashMap<String, u64> = HashMap::new();
+        while let Some(frame) = rx.recv().await {
+            if let ServerFrame::Event(e) = &frame
+                && let Some(seq) = e.seq
+            {
+                // The same journaled event can come from the replay and from live delivery.
+                let last = delivered.entry(e.session.clone()).or_insert(0);
+                if seq <= *last {
+                    continue;
+                }
+                *last = seq;
+            }
+            let closing = matches!(&frame, ServerFrame::Error { id: None, .. });
+            if write_frame(&mut writer, &frame).await.is_err() || closing {
+                break;
+            }
+        }
+    });
+
+    if let Err(error) = handshake(&mut reader, &tx).await {
+        let _ = tx.send(ServerFrame::Error { id: None, error });
+    } else {
+        let peer = handlers::Peer {
+            connection,
+            pid: cred.pid(),
+            outbound: tx.clone(),
+        };
+        loop {
+            match read_frame::<ClientFrame>(&mut reader).await {
+                Ok(ClientFrame::Request { id, request }) => {
+                    if let Some(frame) = handlers::handle(&ctx, &peer, id, request).await {
+                        let _ = tx.send(frame);
+                    }
+                }
+                Ok(ClientFrame::Hello { .. }) => {
+                    let _ = tx.send(ServerFrame::Error {
+                        id: None,
+                        error: ErrorInfo::new("protocol_error", "hello sent twice"),
+                    });
+                    break;
+                }
+                Err(FrameError::Closed | FrameError::Io(_)) => break,
+                Err(e @ (FrameError::TooLarge(_) | FrameError::Malformed(_))) => {
+                    let code = match e {
+                        FrameError::TooLarge(_) => "frame_too_large",
+                        _ => "malformed_frame",
+                    };
+                    tracing::info!(connection, error = %e, "closing a connection");
+                    let _ = tx.send(ServerFrame::Error {
+                        id: None,
+                        error: ErrorInfo::new(code, e.to_string()),
+                    });
+                    break;
+                }
+            }
+        }
+    }
+    ctx.hub.detach_all(connection);
+    drop(tx);
+    let _ = outbound.await;
+}
+
+async fn handshake(
+    reader: &mut tokio::net::unix::OwnedReadHalf,
+    tx: &mpsc::UnboundedSender<ServerFrame>,
+) -> Result<(), ErrorInfo> {
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame::<ClientFrame>(reader))
+        .await
+        .map_err(|_| ErrorInfo::new("handshake_timeout", "no hello within 10 s"))?;
+    match hello {
+        Ok(ClientFrame::Hello { protocol, client }) if protocol == PROTOCOL_VERSION => {
+            tracing::debug!(%client, "client connected");
+            let _ = tx.send(ServerFrame::Welcome {
+                protocol: PROTOCOL_VERSION,
+                daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
+                pid: std::process::id(),
+            });
+            Ok(())
+        }
+        Ok(ClientFrame::Hello { protocol, .. }) => Err(ErrorInfo::new(
+            "unsupported_protocol",
+            format!("protocol {protocol} is not supported; this daemon speaks {PROTOCOL_VERSION}"),
+        )),
+        Ok(ClientFrame::Request { .. }) => Err(ErrorInfo::new(
+            "handshake_required",
+            "the first frame must be hello",
+        )),
+        Err(e) => Err(ErrorInfo::new("malformed_frame", e.to_string())),
+    }
+}

@@ -1,0 +1,361 @@
+//! The durable store: SQLite in WAL mode, one writer thread, one reader connection.
+//!
+//! Only the writer thread writes. It takes every job waiting in its queue, runs each under a
+//! savepoint of one transaction, commits once, and only then answers the callers and
+//! publishes the journal events the jobs wrote — so an event reaches a client only after
+//! it is durable, and a thousand finishing tasks cost one fsync, not a thousand.
+
+mod schema;
+pub mod tasks;
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ferry_proto::EventFrame;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::hub::Hub;
+
+pub use tasks::{NewTask, TaskRow};
+
+/// Jobs taken into one transaction at most.
+const MAX_BATCH: usize = 512;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored value could not be decoded.
+    #[error("stored data is unreadable: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// The row asked for does not exist (or is not in the expected state).
+    #[error("{0}")]
+    NotFound(String),
+    /// The database cannot be used; the message says why and how to recover.
+    #[error("{0}")]
+    Unusable(String),
+    /// The writer thread has stopped.
+    #[error("the store is shut down")]
+    Closed,
+}
+
+/// Seconds since the epoch, for `created_at` / `updated_at`.
+pub(crate) fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What a job leaves for after the commit: events to publish and the caller's answer.
+struct Finished {
+    ok: bool,
+    events: Vec<EventFrame>,
+    reply: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+}
+
+type Job = Box<dyn FnOnce(&Connection) -> Finished + Send>;
+
+/// The store; cheap to share behind an `Arc`.
+pub struct Store {
+    /// `None` once closed.
+    jobs: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    reader: Mutex<Connection>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database, checks it, migrates it and normalises task states.
+    ///
+    /// # Errors
+    /// [`StoreError::Unusable`] for a corrupt, unreadable or too-new database, with how to
+    /// recover; the file is left as it was.
+    pub fn open(path: &Path, hub: Arc<Hub>) -> Result<Store, StoreError> {
+        let existed = path.exists();
+        if !existed {
+            // Created 0600 before SQLite sees it; its -wal and -shm files copy the mode.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| unusable(path, &e.to_string()))?;
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| unusable(path, &e.to_string()))?;
+        if existed {
+            check_integrity(&conn, path)?;
+        }
+        configure(&conn, path)?;
+        migrate(&conn, path)?;
+        normalise(&conn)?;
+
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let writer = std::thread::Builder::new()
+            .name("ferryd-store".into())
+            .spawn(move || write_loop(conn, queue, &hub))
+            .map_err(|e| unusable(path, &format!("cannot start the writer thread: {e}")))?;
+        Ok(Store {
+            jobs: Mutex::new(Some(jobs)),
+            reader: Mutex::new(reader),
+            writer: Mutex::new(Some(writer)),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Runs `f` in the writer's next transaction; resolves after the commit. `f` returns its
+    /// value and the journal events it wrote, which are published after the commit.
+    pub async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<(R, Vec<EventFrame>), StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit_job(f, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Like [`Store::write`] without waiting: for checkpoints and events reported from the
+    /// engine's synchronous callbacks. Order with other writes is kept.
+    pub fn write_detached(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<Vec<EventFrame>, StoreError> + Send + 'static,
+    ) {
+        self.submit_job(
+            move |c| f(c).map(|events| ((), events)),
+            |r: Result<(), StoreError>| {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "a background store write failed");
+                }
+            },
+        );
+    }
+
+    fn submit_job<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<(R, Vec<EventFrame>), StoreError> + Send + 'static,
+        answer: impl FnOnce(Result<R, StoreError>) + Send + 'static,
+    ) {
+        let job: Job = Box::new(move |conn| match f(conn) {
+            Ok((value, events)) => Finished {
+                ok: true,
+                events,
+                reply: Box::new(move |committed| answer(committed.map(|()| value))),
+            },
+            Err(e) => Finished {
+                ok: false,
+                events: Vec::new(),
+                reply: Box::new(move |_| answer(Err(e))),
+            },
+        });
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let sent = jobs.as_ref().map(|j| j.send(job));
+        if !matches!(sent, Some(Ok(()))) {
+            // Dropping the job drops its answer channel: the caller sees `Closed`.
+            tracing::warn!("a store write after shutdown was dropped");
+        }
+    }
+
+    /// Runs a read on the reader connection (blocking: call from the blocking pool or keep
+    /// it short).
+    pub fn read<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&conn)
+    }
+
+    /// Stops the writer after it has committed everything queued.
+    pub fn close(&self) {
+        // Dropping the sender ends the writer's queue once it is drained.
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+fn unusable(path: &Path, reason: &str) -> StoreError {
+    StoreError::Unusable(format!(
+        "the database {} cannot be used: {reason}. ferryd will not start with it, and has not \
+         changed it. To recover: keep a copy (cp {0} {0}.broken), then either restore a backup \
+         of it, or remove it (rm {0} {0}-wal {0}-shm) to start with no tasks — the tasks and \
+         undelivered events it held are then lost.",
+        path.display()
+    ))
+}
+
+fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let verdict: Result<String, _> = conn.query_row("PRAGMA quick_check", [], |r| r.get(0));
+    match verdict {
+        Ok(v) if v == "ok" => Ok(()),
+        Ok(v) => Err(unusable(path, &format!("integrity check failed: {v}"))),
+        Err(e) => Err(unusable(path, &e.to_string())),
+    }
+}
+
+/// WAL with `synchronous=FULL`: a commit is on disk before anyone is told (kill -9 or power
+/// loss). Every setting is read back, because SQLite ignores some silently.
+fn configure(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+    let foreign_keys: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+    if mode != "wal" || synchronous != 2 || foreign_keys != 1 {
+        return Err(unusable(
+            path,
+            &format!(
+                "settings did not take (journal_mode={mode}, synchronous={synchronous}, \
+                 foreign_keys={foreign_keys})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = schema::MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(unusable(
+            path,
+            &format!("it has schema version {version}, newer than this ferryd's {known}"),
+        ));
+    }
+    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Nothing stays in a state that no code path leaves: whatever was running when the last
+/// daemon stopped waits to run again, from its checkpoint.
+fn normalise(conn: &Connection) -> Result<(), StoreError> {
+    let n = conn.execute(
+        "UPDATE tasks SET state = 'waiting' \
+         WHERE state IN ('connecting', 'transferring', 'retry_wait')",
+        [],
+    )?;
+    if n > 0 {
+        tracing::info!(tasks = n, "tasks that were running will continue");
+    }
+    Ok(())
+}
+
+fn write_loop(mut conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>, hub: &Hub) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut finished = Vec::with_capacity(batch.len());
+        let committed = (|| -> Result<(), rusqlite::Error> {
+            let mut tx = conn.transaction()?;
+            for job in batch {
+                let sp = tx.savepoint()?;
+                let done = job(&sp);
+                if done.ok {
+                    sp.commit()?;
+                } // else: dropping the savepoint rolls the failed job back alone.
+                finished.push(done);
+            }
+            tx.commit()
+        })();
+        for done in finished {
+            match &committed {
+                Ok(()) => {
+                    hub.publish(&done.events);
+                    (done.reply)(Ok(()));
+                }
+                Err(e) => (done.reply)(Err(StoreError::Unusable(format!("commit failed: {e}")))),
+            }
+        }
+        if let Err(e) = committed {
+            tracing::error!(error = %e, "a store transaction failed");
+        }
+    }
+}
+
+/// Session rows.
+pub mod sessions {
+    use super::*;
+    use ferry_proto::SessionConfig;
+
+    /// Inserts the session or replaces its configuration.
+    pub fn upsert(conn: &Connection, id: &str, config: &SessionConfig) -> Result<(), StoreError> {
+        conn.execute(
+            "INSERT INTO sessions (id, config, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(id) DO UPDATE SET config = excluded.config",
+            (id, serde_json::to_string(config)?, now()),
+        )?;
+        Ok(())
+    }
+
+    /// Inserts the session with the default configuration if it does not exist.
+    pub fn ensure(conn: &Connection, id: &str) -> Result<(), StoreError> {
+        conn.execute(
+            "INSERT OR IGNORE INTO sessions (id, config, created_at) VALUES (?1, ?2, ?3)",
+            (id, serde_json::to_string(&SessionConfig::default())?, now()),
+        )?;
+        Ok(())
+    }
+
+    /// The session's configuration.
+    pub fn config(conn: &Connection, id: &str) -> Result<Option<SessionConfig>, StoreError> {
+        let text: Option<String> = conn
+            .query_row("SELECT config FROM sessions WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
+    }
+
+    /// Every session with its configuration.
+    pub fn all(conn: &Connection) -> Result<Vec<(String, SessionConfig)>, StoreError> {
+        let mut stmt = conn.prepare("SELECT id, config FROM sessions ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, config) = row?;
+            out.push((id, serde_json::from_str(&config)?));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,50 @@
+//! Numbered migrations. `PRAGMA user_version` records how many have run; each runs in the
+//! transaction that bumps it. Never edit a released migration: add the next one.
+
+/// Migration `i` brings the schema from version `i` to `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: sessions, tasks, checkpoints, journal.
+    r#"
+    CREATE TABLE sessions (
+        id          TEXT PRIMARY KEY,
+        config      TEXT NOT NULL,          -- JSON of ferry_proto::SessionConfig
+        next_seq    INTEGER NOT NULL DEFAULT 1,
+        acked_seq   INTEGER NOT NULL DEFAULT 0,
+        created_at  INTEGER NOT NULL
+    ) STRICT;
+
+    -- AUTOINCREMENT: task ids are never reused, even after the newest task is removed.
+    CREATE TABLE tasks (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        session     TEXT NOT NULL REFERENCES sessions(id),
+        request     TEXT NOT NULL,          -- JSON of ferry_proto::DownloadRequest
+        priority    INTEGER NOT NULL,       -- 0 low … 3 foreground
+        state       TEXT NOT NULL,          -- ferry_proto::TaskState::name()
+        error       TEXT,                   -- JSON of ferry_proto::ErrorInfo
+        bytes_done  INTEGER NOT NULL DEFAULT 0,
+        bytes_total INTEGER,
+        current_url TEXT,
+        location    TEXT,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX tasks_by_state ON tasks(state, priority DESC, id);
+    CREATE INDEX tasks_by_session ON tasks(session, id);
+
+    -- The engine's checkpoint (JSON of ferry_engine::Checkpoint) of tasks with bytes.
+    CREATE TABLE checkpoints (
+        task        INTEGER PRIMARY KEY REFERENCES tasks(id),
+        checkpoint  TEXT NOT NULL
+    ) STRICT;
+
+    -- Undelivered events, per session in order. Rows at or below the session's acked_seq
+    -- are deleted when acknowledged.
+    CREATE TABLE journal (
+        session     TEXT NOT NULL REFERENCES sessions(id),
+        seq         INTEGER NOT NULL,
+        task        INTEGER,
+        event       TEXT NOT NULL,          -- JSON of ferry_proto::Event
+        PRIMARY KEY (session, seq)
+    ) STRICT, WITHOUT ROWID;
+    "#,
+];

@@ -1,0 +1,386 @@
+//! Task rows, checkpoints and the journal. Plain functions over a connection: the writer
+//! calls the mutating ones inside its transaction, the reader the others.
+
+use std::collections::BTreeMap;
+
+use ferry_proto::{DownloadRequest, ErrorInfo, Event, EventFrame, Priority, TaskInfo, TaskState};
+use rusqlite::{Connection, OptionalExtension, Row};
+
+use super::{StoreError, now, sessions};
+
+/// A task to insert.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// Its session (must exist).
+    pub session: String,
+    /// What to download.
+    pub request: DownloadRequest,
+    /// Its priority.
+    pub priority: Priority,
+    /// `suspended` or `waiting`.
+    pub state: TaskState,
+}
+
+/// A task as stored.
+#[derive(Debug, Clone)]
+pub struct TaskRow {
+    /// Id.
+    pub id: u64,
+    /// Session.
+    pub session: String,
+    /// The original request.
+    pub request: DownloadRequest,
+    /// Priority.
+    pub priority: Priority,
+    /// State.
+    pub state: TaskState,
+    /// Last error.
+    pub error: Option<ErrorInfo>,
+    /// Bytes as of the last checkpoint.
+    pub bytes_done: u64,
+    /// Size, if known.
+    pub bytes_total: Option<u64>,
+    /// URL after redirects.
+    pub current_url: Option<String>,
+    /// Where the finished file is.
+    pub location: Option<String>,
+}
+
+impl TaskRow {
+    /// The wire view.
+    pub fn info(&self) -> TaskInfo {
+        TaskInfo {
+            id: self.id,
+            session: self.session.clone(),
+            url: self.request.url.clone(),
+            current_url: self.current_url.clone(),
+            destination: self.request.destination.clone(),
+            location: self.location.clone(),
+            state: self.state,
+            bytes_done: self.bytes_done,
+            bytes_total: self.bytes_total,
+            error: self.error.clone(),
+            tag: self.request.tag.clone(),
+            priority: self.priority,
+        }
+    }
+}
+
+const COLUMNS: &str =
+    "id, session, request, priority, state, error, bytes_done, bytes_total, current_url, location";
+
+fn priority_rank(p: Priority) -> i64 {
+    match p {
+        Priority::Low => 0,
+        Priority::Normal => 1,
+        Priority::High => 2,
+        Priority::Foreground => 3,
+    }
+}
+
+fn priority_of(rank: i64) -> Priority {
+    match rank {
+        0 => Priority::Low,
+        2 => Priority::High,
+        3 => Priority::Foreground,
+        _ => Priority::Normal,
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<(TaskRowRaw, String, Option<String>)> {
+    Ok((
+        TaskRowRaw {
+            id: row.get::<_, i64>(0)? as u64,
+            session: row.get(1)?,
+            priority: row.get(3)?,
+            state: row.get(4)?,
+            bytes_done: row.get::<_, i64>(6)? as u64,
+            bytes_total: row.get::<_, Option<i64>>(7)?.map(|n| n as u64),
+            current_url: row.get(8)?,
+            location: row.get(9)?,
+        },
+        row.get(2)?,
+        row.get(5)?,
+    ))
+}
+
+struct TaskRowRaw {
+    id: u64,
+    session: String,
+    priority: i64,
+    state: String,
+    bytes_done: u64,
+    bytes_total: Option<u64>,
+    current_url: Option<String>,
+    location: Option<String>,
+}
+
+fn decode(
+    (raw, request, error): (TaskRowRaw, String, Option<String>),
+) -> Result<TaskRow, StoreError> {
+    let state = TaskState::from_name(&raw.state)
+        .ok_or_else(|| StoreError::NotFound(format!("task {} has unknown state", raw.id)))?;
+    Ok(TaskRow {
+        id: raw.id,
+        session: raw.session,
+        request: serde_json::from_str(&request)?,
+        priority: priority_of(raw.priority),
+        state,
+        error: error.map(|e| serde_json::from_str(&e)).transpose()?,
+        bytes_done: raw.bytes_done,
+        bytes_total: raw.bytes_total,
+        current_url: raw.current_url,
+        location: raw.location,
+    })
+}
+
+fn query(
+    conn: &Connection,
+    sql_tail: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<TaskRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM tasks {sql_tail}"))?;
+    let rows = stmt.query_map(params, from_row)?;
+    rows.map(|r| decode(r?)).collect()
+}
+
+/// Inserts a task; its id is new and never reused.
+pub fn insert(conn: &Connection, task: &NewTask) -> Result<TaskRow, StoreError> {
+    let t = now();
+    conn.execute(
+        "INSERT INTO tasks (session, request, priority, state, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        (
+            &task.session,
+            serde_json::to_string(&task.request)?,
+            priority_rank(task.priority),
+            task.state.name(),
+            t,
+        ),
+    )?;
+    let id = conn.last_insert_rowid() as u64;
+    get(conn, id)?.ok_or_else(|| StoreError::NotFound(format!("task {id} vanished")))
+}
+
+/// One task.
+pub fn get(conn: &Connection, id: u64) -> Result<Option<TaskRow>, StoreError> {
+    Ok(query(conn, "WHERE id = ?1", [to_i64(id)])?.pop())
+}
+
+/// Tasks of a session, or all, in id order.
+pub fn list(conn: &Connection, session: Option<&str>) -> Result<Vec<TaskRow>, StoreError> {
+    match session {
+        Some(s) => query(conn, "WHERE session = ?1 ORDER BY id", [s]),
+        None => query(conn, "ORDER BY id", []),
+    }
+}
+
+/// Waiting tasks, highest priority first, then oldest.
+pub fn waiting(conn: &Connection, limit: usize) -> Result<Vec<TaskRow>, StoreError> {
+    query(
+        conn,
+        "WHERE state = 'waiting' ORDER BY priority DESC, id LIMIT ?1",
+        [to_i64(limit as u64)],
+    )
+}
+
+/// Moves a task to `to` only if its state is one of `from` (a stale caller cannot overwrite
+/// a newer state). Returns whether it moved.
+pub fn transition(
+    conn: &Connection,
+    id: u64,
+    from: &[TaskState],
+    to: TaskState,
+    error: Option<&ErrorInfo>,
+) -> Result<bool, StoreError> {
+    let names: Vec<&str> = from.iter().map(|s| s.name()).collect();
+    let placeholders = vec!["?"; names.len()].join(", ");
+    let sql = format!(
+        "UPDATE tasks SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state IN ({placeholders})"
+    );
+    let error = error.map(serde_json::to_string).transpose()?;
+    let mut params: Vec<Box<dyn rusqlite::ToSql>> = vec![
+        Box::new(to.name()),
+        Box::new(error),
+        Box::new(now()),
+        Box::new(to_i64(id)),
+    ];
+    params.extend(
+        names
+            .into_iter()
+            .map(|n| Box::new(n) as Box<dyn rusqlite::ToSql>),
+    );
+    let changed = conn.execute(&sql, rusqlite::params_from_iter(params))?;
+    Ok(changed == 1)
+}
+
+/// Stores the engine's checkpoint and the byte counts it implies.
+pub fn save_checkpoint(
+    conn: &Connection,
+    id: u64,
+    checkpoint: &ferry_engine::Checkpoint,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO checkpoints (task, checkpoint) VALUES (?1, ?2) \
+         ON CONFLICT(task) DO UPDATE SET checkpoint = excluded.checkpoint",
+        (to_i64(id), serde_json::to_string(checkpoint)?),
+    )?;
+    conn.execute(
+        "UPDATE tasks SET bytes_done = ?2, bytes_total = ?3, current_url = ?4 WHERE id = ?1",
+        (
+            to_i64(id),
+            to_i64(checkpoint.bytes()),
+            checkpoint.total.map(to_i64),
+            &checkpoint.current_url,
+        ),
+    )?;
+    Ok(())
+}
+
+/// The task's checkpoint, if it has one.
+pub fn checkpoint(
+    conn: &Connection,
+    id: u64,
+) -> Result<Option<ferry_engine::Checkpoint>, StoreError> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT checkpoint FROM checkpoints WHERE task = ?1",
+            [to_i64(id)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
+}
+
+/// Forgets the checkpoint (the bytes are gone or placed).
+pub fn delete_checkpoint(conn: &Connection, id: u64) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM checkpoints WHERE task = ?1", [to_i64(id)])?;
+    Ok(())
+}
+
+/// Records where the finished file is and its size.
+pub fn set_finished(
+    conn: &Connection,
+    id: u64,
+    location: &str,
+    bytes: u64,
+    current_url: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE tasks SET location = ?2, bytes_done = ?3, bytes_total = ?3, current_url = ?4 \
+         WHERE id = ?1",
+        (to_i64(id), location, to_i64(bytes), current_url),
+    )?;
+    Ok(())
+}
+
+/// Task counts by state name.
+pub fn counts(conn: &Connection) -> Result<BTreeMap<String, u64>, StoreError> {
+    let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Appends an event to the session's journal (when the session keeps one) and returns it
+/// addressed, for publishing after the commit.
+pub fn journal_append(
+    conn: &Connection,
+    session: &str,
+    task: Option<u64>,
+    tag: Option<&str>,
+    event: Event,
+) -> Result<EventFrame, StoreError> {
+    let keeps_journal = sessions::config(conn, session)?.is_none_or(|c| c.journal);
+    let seq = if keeps_journal {
+        let seq: i64 = conn.query_row(
+            "UPDATE sessions SET next_seq = next_seq + 1 WHERE id = ?1 RETURNING next_seq - 1",
+            [session],
+            |r| r.get(0),
+        )?;
+        conn.execute(
+            "INSERT INTO journal (session, seq, task, event) VALUES (?1, ?2, ?3, ?4)",
+            (
+                session,
+                seq,
+                task.map(to_i64),
+                serde_json::to_string(&event)?,
+            ),
+        )?;
+        Some(seq as u64)
+    } else {
+        None
+    };
+    Ok(EventFrame {
+        session: session.to_owned(),
+        seq,
+        task,
+        tag: tag.map(str::to_owned),
+        event,
+    })
+}
+
+/// The session's unacknowledged events, in order.
+pub fn backlog(conn: &Connection, session: &str) -> Result<Vec<EventFrame>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT j.seq, j.task, j.event, t.request FROM journal j \
+         LEFT JOIN tasks t ON t.id = j.task \
+         WHERE j.session = ?1 AND j.seq > (SELECT acked_seq FROM sessions WHERE id = ?1) \
+         ORDER BY j.seq",
+    )?;
+    let rows = stmt.query_map([session], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Option<i64>>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, task, event, request) = row?;
+        let tag = request
+            .map(|r| serde_json::from_str::<DownloadRequest>(&r))
+            .transpose()?
+            .and_then(|r| r.tag);
+        out.push(EventFrame {
+            session: session.to_owned(),
+            seq: Some(seq as u64),
+            task: task.map(|t| t as u64),
+            tag,
+            event: serde_json::from_str(&event)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Acknowledges events up to `seq`: deletes them and returns them (the caller removes inbox
+/// files whose `finished_downloading` was acknowledged).
+pub fn acknowledge(conn: &Connection, session: &str, seq: u64) -> Result<Vec<Event>, StoreError> {
+    // Never past what was handed out: an ack from the future must not swallow later events.
+    let issued: i64 = conn
+        .query_row(
+            "SELECT next_seq - 1 FROM sessions WHERE id = ?1",
+            [session],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("no session {session}")))?;
+    let seq = to_i64(seq).min(issued);
+    let mut stmt = conn
+        .prepare_cached("DELETE FROM journal WHERE session = ?1 AND seq <= ?2 RETURNING event")?;
+    let events = stmt
+        .query_map((session, seq), |r| r.get::<_, String>(0))?
+        .map(|e| Ok(serde_json::from_str(&e?)?))
+        .collect::<Result<Vec<Event>, StoreError>>()?;
+    conn.execute(
+        "UPDATE sessions SET acked_seq = MAX(acked_seq, ?2) WHERE id = ?1",
+        (session, seq),
+    )?;
+    Ok(events)
+}

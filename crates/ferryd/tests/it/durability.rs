@@ -1,0 +1,189 @@
+//! Crashes and restarts: of the daemon, of the client.
+
+use std::process::{Command, Stdio};
+
+use ferry_proto::{Event, OutcomeKind, TaskState};
+use ferry_testserver::{TestServer, content};
+
+use crate::fixture::{Client, Daemon, download, wait_completed, wait_until};
+
+fn sha256(data: &[u8]) -> String {
+    let mut h = ferry_engine::Algorithm::Sha256.hasher();
+    h.update(data);
+    h.finish_hex()
+}
+
+/// SIGKILL the daemon in the middle of a throttled segmented download: after a restart it
+/// continues from the checkpoints, fetching again at most about one checkpoint interval of
+/// bytes per segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_killed_mid_transfer_continues_from_its_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let home = dir.path().join("home");
+    let mut daemon = Daemon::start(&home).await;
+    let n: u64 = 8 * 1024 * 1024;
+    let rate: u64 = 1_000_000; // per connection
+    let connections = 4u64;
+    let out = dir.path().join("big.bin");
+    let url = server.url(&format!("/bytes/{n}?seed=21&rate={rate}"));
+    let mut req = download(url, Some(&out));
+    req.connections = Some(connections as u32);
+    let mut c = daemon.client().await;
+    let t = c.create("s", req).await;
+    // Kill once about a quarter is durably checkpointed.
+    let db = home.join("ferry.db");
+    wait_until(|| {
+        let db = db.clone();
+        async move { checkpointed_bytes(&db, t.id) > n / 4 }
+    })
+    .await;
+    daemon.kill9();
+    let sent_before = server.bytes_sent();
+    let checkpointed = checkpointed_bytes(&db, t.id);
+
+    let daemon = Daemon::start(&home).await;
+    let mut c = daemon.client().await;
+    let done = wait_completed(&mut c, t.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        },
+        "{done:?}"
+    );
+    assert_eq!(
+        sha256(&std::fs::read(&out).unwrap()),
+        sha256(&content(21, 0, n))
+    );
+
+    let fetched_again = (sent_before + server.bytes_sent() - sent_before).saturating_sub(n);
+    // Per segment: what arrived after its last checkpoint, plus one throttle chunk in flight.
+    let interval = daemon.checkpoint_interval().as_secs_f64();
+    let per_segment = (rate as f64 * interval) as u64 + rate / 20 + 64 * 1024;
+    let segments = connections + 2; // splits after the restart add at most a couple
+    assert!(
+        fetched_again <= segments * per_segment,
+        "fetched {fetched_again} bytes again (checkpointed {checkpointed}); allowed {}",
+        segments * per_segment
+    );
+}
+
+fn checkpointed_bytes(db: &std::path::Path, task: u64) -> u64 {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    let json: Option<String> = conn
+        .query_row(
+            "SELECT checkpoint FROM checkpoints WHERE task = ?1",
+            [task as i64],
+            |r| r.get(0),
+        )
+        .ok();
+    json.and_then(|j| serde_json::from_str::<ferry_engine::Checkpoint>(&j).ok())
+        .map_or(0, |cp| cp.bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_checkpoints_and_a_restart_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let home = dir.path().join("home");
+    let mut daemon = Daemon::start(&home).await;
+    let n: u64 = 3_000_000;
+    let out = dir.path().join("t.bin");
+    let mut req = download(
+        server.url(&format!("/bytes/{n}?seed=22&rate=1000000")),
+        Some(&out),
+    );
+    req.connections = Some(1);
+    let mut c = daemon.client().await;
+    let t = c.create("s", req).await;
+    let socket = daemon.socket();
+    wait_until(|| {
+        let socket = socket.clone();
+        async move { Client::connect(&socket).await.task(t.id).await.bytes_done > 300_000 }
+    })
+    .await;
+    drop(c);
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(!home.join("ferryd.sock").exists() && !home.join("ferryd.pid").exists());
+
+    server.clear_log();
+    let daemon = Daemon::start(&home).await;
+    let mut c = daemon.client().await;
+    wait_completed(&mut c, t.id).await;
+    assert_eq!(std::fs::read(&out).unwrap(), content(22, 0, n));
+    let requests = server.requests();
+    let range = requests[0].header("range").expect("continued with a range");
+    let from: u64 = range[6..].split('-').next().unwrap().parse().unwrap();
+    assert_eq!(
+        server.bytes_sent(),
+        n - from,
+        "the stopped bytes were all kept"
+    );
+    assert!(from > 300_000);
+}
+
+/// An application in another process is killed while attached: the transfer goes on, and
+/// the next attach gets everything, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_killed_mid_transfer_gets_everything_on_reattach() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let out = dir.path().join("k.bin");
+    let n = 2_000_000u64;
+    let mut app = Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/client.py"))
+        .arg(daemon.socket())
+        .arg("com.example.killed")
+        .arg(server.url(&format!("/bytes/{n}?seed=23&rate=1000000")))
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the task exists and is transferring, then kill the application.
+    let mut c = daemon.client().await;
+    let socket = daemon.socket();
+    wait_until(|| {
+        let socket = socket.clone();
+        async move {
+            let mut c = Client::connect(&socket).await;
+            c.tasks(Some("com.example.killed"))
+                .await
+                .first()
+                .is_some_and(|t| t.bytes_done > 0)
+        }
+    })
+    .await;
+    app.kill().unwrap();
+    app.wait().unwrap();
+    let task = c.tasks(Some("com.example.killed")).await.remove(0);
+    wait_completed(&mut c, task.id).await;
+    assert_eq!(std::fs::read(&out).unwrap(), content(23, 0, n));
+
+    let mut again = daemon.client().await;
+    assert_eq!(again.attach("com.example.killed").await.unwrap(), 2);
+    let finished = again.next_journaled().await;
+    assert!(
+        matches!(finished.event, Event::FinishedDownloading { .. }),
+        "{finished:?}"
+    );
+    let completed = again.next_journaled().await;
+    assert!(matches!(completed.event, Event::Completed { .. }));
+    assert_eq!(again.next_journaled().await.event, Event::BacklogDelivered);
+    again
+        .ack("com.example.killed", completed.seq.unwrap())
+        .await;
+    drop(again);
+    let mut third = daemon.client().await;
+    assert_eq!(
+        third.attach("com.example.killed").await.unwrap(),
+        0,
+        "nothing twice"
+    );
+}

@@ -1,0 +1,10 @@
+//! The daemon as applications meet it: the real `ferryd` binary, the test origin, and
+//! protocol clients (in Rust, and `client.py` for another process and another uid).
+#![allow(clippy::unwrap_used)]
+
+mod fixture;
+
+mod access;
+mod durability;
+mod journal;
+mod tasks;

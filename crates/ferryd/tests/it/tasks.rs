@@ -1,0 +1,183 @@
+//! Control without attachment: create, list, suspend, resume, cancel, status.
+
+use ferry_proto::{Event, Outcome, OutcomeKind, Request, Response, TaskState};
+use ferry_testserver::{TestServer, content};
+
+use crate::fixture::{Daemon, download, wait_completed, wait_until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_keeps_bytes_and_resume_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let n = 3_000_000u64;
+    let out = dir.path().join("f.bin");
+    let mut c = daemon.client().await;
+    let mut req = download(
+        server.url(&format!("/bytes/{n}?seed=11&rate=1500000")),
+        Some(&out),
+    );
+    req.connections = Some(1);
+    let t = c.create("s", req).await;
+    let socket = daemon.socket();
+    wait_until(|| {
+        let socket = socket.clone();
+        async move {
+            let mut c = crate::fixture::Client::connect(&socket).await;
+            c.task(t.id).await.bytes_done > 500_000
+        }
+    })
+    .await;
+    let Response::Task { task } = c.request(Request::Suspend { task: t.id }).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(task.state, TaskState::Suspended);
+    let kept = task.bytes_done;
+    assert!(kept > 0 && kept < n, "{kept}");
+    server.clear_log();
+    let Response::Task { task } = c.request(Request::Resume { task: t.id }).await.unwrap() else {
+        panic!()
+    };
+    assert!(matches!(task.state, TaskState::Running { .. }));
+    let done = wait_completed(&mut c, t.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), content(11, 0, n));
+    let range = server.requests()[0].header("range").unwrap().to_owned();
+    assert_eq!(
+        range,
+        format!("bytes={kept}-{}", n - 1),
+        "resumed from the suspended bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_deletes_the_bytes_and_completes_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    c.attach("s").await.unwrap();
+    let t = c
+        .create(
+            "s",
+            download(
+                server.url("/bytes/5000000?rate=1000000"),
+                Some(&dir.path().join("x")),
+            ),
+        )
+        .await;
+    loop {
+        if matches!(c.next_event().await.event, Event::Progress { .. }) {
+            break;
+        }
+    }
+    let Response::Task { task } = c.request(Request::Cancel { task: t.id }).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        task.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Cancelled
+        }
+    );
+    assert!(!daemon.home.join(format!("staging/{}.part", t.id)).exists());
+    let e = c.next_journaled().await;
+    assert!(
+        matches!(
+            e.event,
+            Event::Completed {
+                outcome: Outcome::Cancelled { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let err = c.request(Request::Resume { task: t.id }).await.unwrap_err();
+    assert_eq!(err.code, "invalid_state");
+    let err = c
+        .request(Request::Cancel { task: 999_999 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "unknown_task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_suspended_tasks_wait_for_resume_and_status_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let mut req = download(server.url("/bytes/100"), Some(&dir.path().join("s.bin")));
+    req.start = false;
+    let t = c.create("s", req).await;
+    assert_eq!(t.state, TaskState::Suspended);
+    let Response::Status { tasks, pid, .. } = c.request(Request::Status).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(pid, daemon.pid());
+    assert_eq!(c.pid, pid, "welcome names the same pid");
+    assert_eq!(tasks.get("suspended"), Some(&1));
+    assert!(
+        server.requests().is_empty(),
+        "a suspended task does not run"
+    );
+    c.request(Request::Resume { task: t.id }).await.unwrap();
+    wait_completed(&mut c, t.id).await;
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let cases = [
+        (
+            download("ftp://example.com/f".into(), None),
+            "unsupported_scheme",
+            "ftp://example.com/f",
+        ),
+        (download("no url".into(), None), "invalid_url", "no url"),
+        (
+            download(
+                "http://h/f".into(),
+                Some(std::path::Path::new("relative/x")),
+            ),
+            "invalid_request",
+            "absolute",
+        ),
+        (
+            ferry_proto::DownloadRequest {
+                checksum: Some("sha256:zz".into()),
+                ..download("http://h/f".into(), None)
+            },
+            "invalid_request",
+            "64 hex",
+        ),
+    ];
+    for (req, code, mentions) in cases {
+        let err = c
+            .request(Request::CreateDownload {
+                session: "s".into(),
+                request: req,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, code);
+        assert!(err.message.contains(mentions), "{}", err.message);
+    }
+    let err = c
+        .request(Request::CreateDownload {
+            session: "../etc".into(),
+            request: download("http://h/".into(), None),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "invalid_request");
+    assert!(c.tasks(None).await.is_empty());
+}
