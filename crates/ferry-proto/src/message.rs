@@ -118,6 +118,31 @@ pub enum Request {
         /// The task.
         task: TaskId,
     },
+    /// Cancels a download, keeping its bytes: the task's `resume_data` (and its `completed`
+    /// event) then holds a blob that `create_from_resume_data` continues from.
+    CancelWithResumeData {
+        /// The task.
+        task: TaskId,
+    },
+    /// The user force-quits the session (SPEC §6): every unfinished task completes
+    /// `cancelled` with reason `user_terminated`, with resume data when it has bytes.
+    Terminate {
+        /// The session id.
+        session: String,
+    },
+    /// Creates a download that continues from resume data.
+    CreateFromResumeData {
+        /// The session the new task belongs to.
+        session: String,
+        /// The blob from a cancelled task.
+        resume_data: String,
+        /// A new absolute destination (absent: the original one).
+        #[serde(default)]
+        destination: Option<String>,
+        /// Headers to add (resume data never holds secret headers).
+        #[serde(default)]
+        headers: Headers,
+    },
     /// The daemon's status.
     Status,
 }
@@ -312,6 +337,9 @@ pub struct TaskInfo {
     pub tag: Option<String>,
     /// Its priority.
     pub priority: Priority,
+    /// For a download cancelled with its bytes kept: the blob to continue it from.
+    #[serde(default)]
+    pub resume_data: Option<String>,
 }
 
 /// A task's state (SPEC §5).
@@ -522,6 +550,9 @@ pub enum Outcome {
     Cancelled {
         /// Who or what cancelled it.
         reason: CancelReason,
+        /// The blob to continue from, when the bytes were kept.
+        #[serde(default)]
+        resume_data: Option<String>,
     },
 }
 

@@ -4,13 +4,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ferry_proto::{
-    DownloadRequest, ErrorInfo, Event, EventFrame, Request, Response, ServerFrame, SessionConfig,
-    TaskInfo, TaskState,
+    CancelReason, DownloadRequest, ErrorInfo, Event, EventFrame, Headers, Request, Response,
+    ServerFrame, SessionConfig, TaskInfo, TaskState,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::home::{Layout, valid_session_id};
 use crate::hub::{ConnectionId, Hub};
+use crate::resume::Keeper;
 use crate::scheduler::{self, ControlError, Scheduler};
 use crate::store::{NewTask, Store, StoreError, sessions, tasks};
 
@@ -27,6 +28,8 @@ pub struct Context {
     pub scheduler: Arc<Scheduler>,
     /// `FERRY_HOME`.
     pub layout: Layout,
+    /// Resume data's key and area.
+    pub keeper: Keeper,
 }
 
 /// The connection a request came on.
@@ -60,7 +63,24 @@ pub async fn handle(ctx: &Context, peer: &Peer, id: u64, request: Request) -> Op
         Request::ListTasks { session } => list(ctx, session).await,
         Request::Suspend { task } => control(ctx, task, ctx.scheduler.suspend(task).await).await,
         Request::Resume { task } => control(ctx, task, ctx.scheduler.resume(task).await).await,
-        Request::Cancel { task } => control(ctx, task, ctx.scheduler.cancel(task).await).await,
+        Request::Cancel { task } => {
+            let done = ctx
+                .scheduler
+                .cancel(task, CancelReason::Client, false)
+                .await;
+            control(ctx, task, done).await
+        }
+        Request::CancelWithResumeData { task } => {
+            let done = ctx.scheduler.cancel(task, CancelReason::Client, true).await;
+            control(ctx, task, done).await
+        }
+        Request::Terminate { session } => terminate(ctx, session).await,
+        Request::CreateFromResumeData {
+            session,
+            resume_data,
+            destination,
+            headers,
+        } => from_resume_data(ctx, session, &resume_data, destination, headers).await,
         Request::Status => status(ctx).await,
     };
     Some(match result {
@@ -281,6 +301,70 @@ async fn control(
     Ok(Response::Task {
         task: live(ctx, row.info()),
     })
+}
+
+async fn terminate(ctx: &Context, session: String) -> Result<Response, ErrorInfo> {
+    check_session(&session)?;
+    let exists = {
+        let name = session.clone();
+        read(ctx, move |c| sessions::config(c, &name))
+            .await?
+            .is_some()
+    };
+    if !exists {
+        return Err(ErrorInfo::new(
+            "unknown_session",
+            format!("there is no session {session}"),
+        ));
+    }
+    ctx.scheduler.terminate(&session).await.map_err(internal)?;
+    Ok(Response::Done)
+}
+
+async fn from_resume_data(
+    ctx: &Context,
+    session: String,
+    blob: &str,
+    destination: Option<String>,
+    headers: Headers,
+) -> Result<Response, ErrorInfo> {
+    check_session(&session)?;
+    let (payload, kept) = ctx.keeper.open_blob(blob)?;
+    let mut request = payload.request;
+    if destination.is_some() {
+        request.destination = destination;
+    }
+    request.headers.0.extend(headers.0);
+    request.start = true;
+    validate(&request)?;
+    let layout = ctx.layout.clone();
+    let checkpoint = payload.checkpoint;
+    let row = ctx
+        .store
+        .write(move |c| {
+            sessions::ensure(c, &session)?;
+            let config = sessions::config(c, &session)?.unwrap_or_default();
+            let row = tasks::insert(
+                c,
+                &NewTask {
+                    priority: request.priority.unwrap_or(config.priority),
+                    state: TaskState::Running {
+                        phase: ferry_proto::RunPhase::Waiting,
+                    },
+                    session,
+                    request,
+                },
+            )?;
+            // The kept bytes become the new task's staging file; the blob is now used up.
+            std::fs::rename(&kept, layout.staging(row.id))
+                .map_err(|e| StoreError::Unusable(format!("cannot take the kept bytes: {e}")))?;
+            tasks::save_checkpoint(c, row.id, &checkpoint)?;
+            Ok((tasks::get(c, row.id)?.unwrap_or(row), Vec::new()))
+        })
+        .await
+        .map_err(internal)?;
+    ctx.scheduler.wake();
+    Ok(Response::Task { task: row.info() })
 }
 
 async fn status(ctx: &Context) -> Result<Response, ErrorInfo> {

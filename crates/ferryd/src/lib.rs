@@ -11,6 +11,7 @@
 pub mod handlers;
 pub mod home;
 pub mod hub;
+pub mod resume;
 pub mod scheduler;
 pub mod server;
 pub mod store;
@@ -88,12 +89,14 @@ pub fn run(config: DaemonConfig) -> Result<()> {
 async fn serve(config: DaemonConfig, store: Arc<Store>, hub: Arc<Hub>) -> Result<()> {
     let layout = config.layout.clone();
     let engine = ferry_engine::Engine::new(&ferry_engine::ClientConfig::default())?;
+    let keeper = resume::Keeper::open(&layout)?;
     let scheduler = Arc::new(Scheduler::new(
         store.clone(),
         hub.clone(),
         layout.clone(),
         engine,
         config.scheduler,
+        keeper.clone(),
     ));
     let configs = store.read(store::sessions::all)?;
     for (session, cfg) in &configs {
@@ -114,6 +117,7 @@ async fn serve(config: DaemonConfig, store: Arc<Store>, hub: Arc<Hub>) -> Result
         hub,
         scheduler: scheduler.clone(),
         layout: layout.clone(),
+        keeper,
     });
     let accept = tokio::spawn(server::accept_loop(listener, ctx, shutdown.clone()));
     let scheduling = tokio::spawn(scheduler.run(shutdown.clone()));

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::home::Layout;
 use crate::hub::Hub;
+use crate::resume::Keeper;
 use crate::store::{Store, StoreError, TaskRow, sessions, tasks};
 
 const WAITING: TaskState = TaskState::Running {
@@ -69,8 +70,12 @@ impl Default for SchedulerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
     Suspend,
-    Cancel,
     Shutdown,
+    /// Cancel; `keep`: with resume data.
+    Cancel {
+        reason: CancelReason,
+        keep: bool,
+    },
 }
 
 struct Running {
@@ -93,6 +98,7 @@ pub struct Scheduler {
     session_limits: Mutex<HashMap<String, RateLimiter>>,
     global_limit: RateLimiter,
     wake: Notify,
+    keeper: Keeper,
 }
 
 /// A control request could not be carried out.
@@ -118,8 +124,10 @@ impl Scheduler {
         layout: Layout,
         engine: Engine,
         config: SchedulerConfig,
+        keeper: Keeper,
     ) -> Scheduler {
         Scheduler {
+            keeper,
             global_limit: RateLimiter::new(config.rate_limit),
             store,
             hub,
@@ -441,8 +449,26 @@ impl Scheduler {
             },
             Err(EndError::Setup(error)) => End::Failed(None, error),
         };
-        let remove_staging = matches!(&end, End::Stopped(Stop::Cancel, _))
-            || matches!(&end, End::Failed(_, e) if e.code != "no_space");
+        if let End::Stopped(Stop::Cancel { reason, keep }, failure) = end {
+            let (keeper, path) = (self.keeper.clone(), staging.clone());
+            let cancelled = self
+                .store
+                .write(move |c| {
+                    let order = Cancellation {
+                        keep,
+                        reason,
+                        checkpoint: failure.checkpoint,
+                    };
+                    cancel_job(c, &keeper, &path, id, &ACTIVE, order)
+                })
+                .await;
+            if let Err(e) = cancelled {
+                tracing::error!(task = id, error = %e, "could not record a cancellation");
+            }
+            let _ = std::fs::remove_file(staging);
+            return;
+        }
+        let remove_staging = matches!(&end, End::Failed(_, e) if e.code != "no_space");
         let written = self
             .store
             .write(move |c| {
@@ -492,29 +518,15 @@ impl Scheduler {
                         )?);
                     }
                     End::Stopped(stop, failure) => {
+                        // Cancellations were handled above: this run pauses.
                         let to = match stop {
-                            Stop::Suspend => TaskState::Suspended,
                             Stop::Shutdown => WAITING,
-                            Stop::Cancel => cancelled(),
+                            _ => TaskState::Suspended,
                         };
                         tasks::transition(c, id, &ACTIVE, to, None)?;
-                        match (stop, failure.checkpoint) {
-                            (Stop::Cancel, _) | (_, None) => tasks::delete_checkpoint(c, id)?,
-                            (_, Some(cp)) => tasks::save_checkpoint(c, id, &cp)?,
-                        }
-                        if stop == Stop::Cancel {
-                            events.push(tasks::journal_append(
-                                c,
-                                &session,
-                                Some(id),
-                                tag,
-                                Event::Completed {
-                                    outcome: Outcome::Cancelled {
-                                        reason: CancelReason::Client,
-                                    },
-                                    status: None,
-                                },
-                            )?);
+                        match failure.checkpoint {
+                            Some(cp) => tasks::save_checkpoint(c, id, &cp)?,
+                            None => tasks::delete_checkpoint(c, id)?,
                         }
                     }
                 }
@@ -564,43 +576,88 @@ impl Scheduler {
         self.refuse_unless(moved, task, "resume", &already)
     }
 
-    /// Cancels a task: its bytes are deleted and it completes `cancelled`.
-    pub async fn cancel(&self, task: u64) -> Result<(), ControlError> {
-        if let Some(finished) = self.stop_running(task, Stop::Cancel) {
-            finished.cancelled().await;
-            return Ok(());
+    /// Cancels a task. With `keep`, a download with bytes gets resume data (its staging file
+    /// moves to the resume area); otherwise its bytes are deleted.
+    pub async fn cancel(
+        &self,
+        task: u64,
+        reason: CancelReason,
+        keep: bool,
+    ) -> Result<(), ControlError> {
+        let moved = self.cancel_now(task, reason, keep).await?;
+        self.refuse_unless(moved, task, "cancel", &[])
+    }
+
+    /// Cancels the task wherever it is; false if it had already completed (or is unknown).
+    async fn cancel_now(
+        &self,
+        task: u64,
+        reason: CancelReason,
+        keep: bool,
+    ) -> Result<bool, StoreError> {
+        // A task the scheduler starts meanwhile is caught on the next pass.
+        for _ in 0..3 {
+            if let Some(finished) = self.stop_running(task, Stop::Cancel { reason, keep }) {
+                finished.cancelled().await;
+                return Ok(true);
+            }
+            let (keeper, staging) = (self.keeper.clone(), self.layout.staging(task));
+            let moved = self
+                .store
+                .write(move |c| {
+                    let checkpoint = tasks::checkpoint(c, task)?;
+                    let order = Cancellation {
+                        keep,
+                        reason,
+                        checkpoint,
+                    };
+                    cancel_job(
+                        c,
+                        &keeper,
+                        &staging,
+                        task,
+                        &[WAITING, TaskState::Suspended],
+                        order,
+                    )
+                })
+                .await?;
+            if moved {
+                let _ = std::fs::remove_file(self.layout.staging(task));
+                return Ok(true);
+            }
+            if !self.running().contains_key(&task) {
+                return Ok(false);
+            }
         }
-        let staging = self.layout.staging(task);
-        let moved = self
+        Ok(false)
+    }
+
+    /// The user force-quits a session (SPEC §6): every unfinished task completes `cancelled`
+    /// with reason `user_terminated`, keeping resume data where there are bytes.
+    pub async fn terminate(&self, session: &str) -> Result<usize, StoreError> {
+        let name = session.to_owned();
+        let unfinished = self
             .store
             .write(move |c| {
-                let Some(row) = tasks::get(c, task)? else {
-                    return Ok((false, Vec::new()));
-                };
-                if !tasks::transition(c, task, &[WAITING, TaskState::Suspended], cancelled(), None)?
-                {
-                    return Ok((false, Vec::new()));
-                }
-                tasks::delete_checkpoint(c, task)?;
-                let event = tasks::journal_append(
-                    c,
-                    &row.session,
-                    Some(task),
-                    row.request.tag.as_deref(),
-                    Event::Completed {
-                        outcome: Outcome::Cancelled {
-                            reason: CancelReason::Client,
-                        },
-                        status: None,
-                    },
-                )?;
-                Ok((true, vec![event]))
+                tasks::mark_terminated(c, &name)?;
+                let ids: Vec<u64> = tasks::list(c, Some(&name))?
+                    .into_iter()
+                    .filter(|t| !matches!(t.state, TaskState::Completed { .. }))
+                    .map(|t| t.id)
+                    .collect();
+                Ok((ids, Vec::new()))
             })
             .await?;
-        if moved {
-            let _ = std::fs::remove_file(staging);
+        let mut cancelled = 0;
+        for task in unfinished {
+            if self
+                .cancel_now(task, CancelReason::UserTerminated, true)
+                .await?
+            {
+                cancelled += 1;
+            }
         }
-        self.refuse_unless(moved, task, "cancel", &[])
+        Ok(cancelled)
     }
 
     fn stop_running(&self, task: u64, stop: Stop) -> Option<CancellationToken> {
@@ -636,6 +693,61 @@ impl Scheduler {
             ))),
         }
     }
+}
+
+/// How a task is to be cancelled.
+struct Cancellation {
+    keep: bool,
+    reason: CancelReason,
+    checkpoint: Option<ferry_engine::Checkpoint>,
+}
+
+/// Runs in the writer: completes task `id` as cancelled if it is in one of `from`, with resume
+/// data when asked and there are bytes. Returns whether it moved, and its `completed` event.
+fn cancel_job(
+    c: &rusqlite::Connection,
+    keeper: &Keeper,
+    staging: &std::path::Path,
+    id: u64,
+    from: &[TaskState],
+    order: Cancellation,
+) -> Result<(bool, Vec<EventFrame>), StoreError> {
+    let Some(row) = tasks::get(c, id)? else {
+        return Ok((false, Vec::new()));
+    };
+    if !tasks::transition(c, id, from, cancelled(), None)? {
+        return Ok((false, Vec::new()));
+    }
+    tasks::delete_checkpoint(c, id)?;
+    let resume_data = match order.checkpoint {
+        Some(cp) if order.keep && cp.bytes() > 0 && staging.exists() => {
+            match keeper.keep(staging, &row.request, cp) {
+                Ok(blob) => {
+                    tasks::set_resume_data(c, id, &blob)?;
+                    Some(blob)
+                }
+                Err(e) => {
+                    tracing::warn!(task = id, error = %e, "could not keep the bytes for resume data");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let event = tasks::journal_append(
+        c,
+        &row.session,
+        Some(id),
+        row.request.tag.as_deref(),
+        Event::Completed {
+            outcome: Outcome::Cancelled {
+                reason: order.reason,
+                resume_data,
+            },
+            status: None,
+        },
+    )?;
+    Ok((true, vec![event]))
 }
 
 fn set_stop(stop: &Mutex<Option<Stop>>, value: Stop) {

@@ -318,11 +318,12 @@ pub mod sessions {
     use super::*;
     use ferry_proto::SessionConfig;
 
-    /// Inserts the session or replaces its configuration.
+    /// Inserts the session or replaces its configuration; an attach also ends a user
+    /// termination (the application runs again).
     pub fn upsert(conn: &Connection, id: &str, config: &SessionConfig) -> Result<(), StoreError> {
         conn.execute(
             "INSERT INTO sessions (id, config, created_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT(id) DO UPDATE SET config = excluded.config",
+             ON CONFLICT(id) DO UPDATE SET config = excluded.config, terminated_at = NULL",
             (id, serde_json::to_string(config)?, now()),
         )?;
         Ok(())

@@ -47,4 +47,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (session, seq)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 2: resume data of cancelled tasks; the mark of a user-terminated session.
+    r#"
+    ALTER TABLE tasks ADD COLUMN resume_data TEXT;
+    ALTER TABLE sessions ADD COLUMN terminated_at INTEGER;
+    "#,
 ];

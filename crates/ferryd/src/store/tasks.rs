@@ -44,6 +44,8 @@ pub struct TaskRow {
     pub current_url: Option<String>,
     /// Where the finished file is.
     pub location: Option<String>,
+    /// Resume data of a task cancelled with its bytes kept.
+    pub resume_data: Option<String>,
 }
 
 impl TaskRow {
@@ -62,12 +64,13 @@ impl TaskRow {
             error: self.error.clone(),
             tag: self.request.tag.clone(),
             priority: self.priority,
+            resume_data: self.resume_data.clone(),
         }
     }
 }
 
-const COLUMNS: &str =
-    "id, session, request, priority, state, error, bytes_done, bytes_total, current_url, location";
+const COLUMNS: &str = "id, session, request, priority, state, error, bytes_done, bytes_total, current_url, location, \
+     resume_data";
 
 fn priority_rank(p: Priority) -> i64 {
     match p {
@@ -102,6 +105,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(TaskRowRaw, String, Option<Strin
             bytes_total: row.get::<_, Option<i64>>(7)?.map(|n| n as u64),
             current_url: row.get(8)?,
             location: row.get(9)?,
+            resume_data: row.get(10)?,
         },
         row.get(2)?,
         row.get(5)?,
@@ -117,6 +121,7 @@ struct TaskRowRaw {
     bytes_total: Option<u64>,
     current_url: Option<String>,
     location: Option<String>,
+    resume_data: Option<String>,
 }
 
 fn decode(
@@ -135,6 +140,7 @@ fn decode(
         bytes_total: raw.bytes_total,
         current_url: raw.current_url,
         location: raw.location,
+        resume_data: raw.resume_data,
     })
 }
 
@@ -274,6 +280,24 @@ pub fn set_finished(
         "UPDATE tasks SET location = ?2, bytes_done = ?3, bytes_total = ?3, current_url = ?4 \
          WHERE id = ?1",
         (to_i64(id), location, to_i64(bytes), current_url),
+    )?;
+    Ok(())
+}
+
+/// Records a cancelled task's resume data.
+pub fn set_resume_data(conn: &Connection, id: u64, blob: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE tasks SET resume_data = ?2 WHERE id = ?1",
+        (to_i64(id), blob),
+    )?;
+    Ok(())
+}
+
+/// Marks the session as terminated by the user (its launch command is not run).
+pub fn mark_terminated(conn: &Connection, session: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE sessions SET terminated_at = ?2 WHERE id = ?1",
+        (session, now()),
     )?;
     Ok(())
 }

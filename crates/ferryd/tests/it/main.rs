@@ -7,4 +7,5 @@ mod fixture;
 mod access;
 mod durability;
 mod journal;
+mod resume;
 mod tasks;

@@ -1,0 +1,309 @@
+//! Resume data, version 1 (SPEC §8): what lets a cancelled download continue later, in this
+//! daemon or after its restart, and nowhere else.
+//!
+//! A blob is the text `ferry-resume-v1.<payload>.<mac>`: `payload` is the hex of a JSON
+//! [`Payload`], `mac` the hex of HMAC-SHA-256 over the payload's bytes with the daemon's
+//! 32-byte key (`$FERRY_HOME/resume.key`, created on first use, mode 0600). The bytes live in
+//! the resume area, `$FERRY_HOME/resume/<file.id>.part`, until a task is created from the blob.
+//! A blob that is not of this form, is cut short, was altered or was made by another daemon
+//! (another key), or whose file is gone or changed, is refused with `invalid_resume_data` and
+//! a reason.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use ferry_proto::{DownloadRequest, ErrorInfo, Headers};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::home::Layout;
+
+/// The format version this daemon writes; it reads this one and older ones.
+pub const VERSION: u32 = 1;
+const PREFIX: &str = "ferry-resume-v1.";
+/// Bytes at the end of the file whose hash is kept, to notice a replaced file.
+const TAIL: u64 = 64 * 1024;
+
+/// What a resume blob holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Payload {
+    /// Format version.
+    pub version: u32,
+    /// Task kind: `download`.
+    pub kind: String,
+    /// The original request, without secret headers.
+    pub request: DownloadRequest,
+    /// The engine's checkpoint: current URL, total, validators, segment map.
+    pub checkpoint: ferry_engine::Checkpoint,
+    /// The kept bytes in the resume area.
+    pub file: KeptFile,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+}
+
+/// The staging file kept in the resume area.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptFile {
+    /// Random id; the file is `resume/<id>.part`.
+    pub id: String,
+    /// Its length.
+    pub len: u64,
+    /// SHA-256 of its last 64 KiB.
+    pub tail_sha256: String,
+}
+
+fn invalid(reason: impl Into<String>) -> ErrorInfo {
+    ErrorInfo::new("invalid_resume_data", reason)
+}
+
+/// The daemon's resume-data key and area.
+#[derive(Debug, Clone)]
+pub struct Keeper {
+    key: [u8; 32],
+    area: PathBuf,
+}
+
+impl Keeper {
+    /// Loads the key (creating it on first use) and the resume area.
+    ///
+    /// # Errors
+    /// When the key file cannot be read or created.
+    pub fn open(layout: &Layout) -> anyhow::Result<Keeper> {
+        use anyhow::Context as _;
+        let area = layout.root.join("resume");
+        std::fs::create_dir_all(&area)
+            .with_context(|| format!("while creating {}", area.display()))?;
+        let path = layout.root.join("resume.key");
+        let key = match std::fs::read(&path) {
+            Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+                anyhow::anyhow!(
+                    "{} is not a 32-byte key; remove it to make a new one (existing resume \
+                     data then becomes invalid)",
+                    path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                rustix::rand::getrandom(&mut key, rustix::rand::GetRandomFlags::empty())
+                    .context("while drawing a resume-data key")?;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("while creating {}", path.display()))?;
+                std::io::Write::write_all(&mut file, &key)?;
+                file.sync_all()?;
+                key
+            }
+            Err(e) => return Err(e).with_context(|| format!("while reading {}", path.display())),
+        };
+        Ok(Keeper { key, area })
+    }
+
+    fn file(&self, id: &str) -> PathBuf {
+        self.area.join(format!("{id}.part"))
+    }
+
+    fn mac(&self, payload: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(payload);
+        mac
+    }
+
+    /// Moves `staging` into the resume area and returns the blob describing it.
+    ///
+    /// # Errors
+    /// When the file cannot be moved or read.
+    pub fn keep(
+        &self,
+        staging: &Path,
+        request: &DownloadRequest,
+        checkpoint: ferry_engine::Checkpoint,
+    ) -> std::io::Result<String> {
+        let mut id = [0u8; 16];
+        rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty())?;
+        let id = hex::encode(id);
+        let kept = self.file(&id);
+        std::fs::rename(staging, &kept)?;
+        let (len, tail_sha256) = tail_hash(&kept)?;
+        let mut request = request.clone();
+        request.headers = Headers(
+            request
+                .headers
+                .0
+                .into_iter()
+                .filter(|(k, _)| !Headers::is_secret(k))
+                .collect(),
+        );
+        let payload = Payload {
+            version: VERSION,
+            kind: "download".into(),
+            request,
+            checkpoint,
+            file: KeptFile {
+                id,
+                len,
+                tail_sha256,
+            },
+            created_at: crate::store::now(),
+        };
+        let bytes = serde_json::to_vec(&payload).map_err(std::io::Error::other)?;
+        let mac = self.mac(&bytes).finalize().into_bytes();
+        Ok(format!(
+            "{PREFIX}{}.{}",
+            hex::encode(&bytes),
+            hex::encode(mac)
+        ))
+    }
+
+    /// Checks a blob and its file; returns the payload and the file's path.
+    ///
+    /// # Errors
+    /// `invalid_resume_data`, saying whether the blob is foreign, altered, truncated, of an
+    /// unknown version, or its bytes are gone or changed.
+    pub fn open_blob(&self, blob: &str) -> Result<(Payload, PathBuf), ErrorInfo> {
+        let body = blob.trim().strip_prefix(PREFIX).ok_or_else(|| {
+            if blob.trim().starts_with("ferry-resume-v") {
+                invalid("resume data of an unsupported version")
+            } else {
+                invalid("not ferry resume data (it must start with \"ferry-resume-v1.\")")
+            }
+        })?;
+        let (payload_hex, mac_hex) = body
+            .split_once('.')
+            .ok_or_else(|| invalid("resume data is truncated (no authentication code)"))?;
+        let payload = hex::decode(payload_hex)
+            .map_err(|_| invalid("resume data is damaged (its payload is not hex)"))?;
+        let mac = hex::decode(mac_hex)
+            .ok()
+            .filter(|m| m.len() == 32)
+            .ok_or_else(|| invalid("resume data is truncated (short authentication code)"))?;
+        self.mac(&payload).verify_slice(&mac).map_err(|_| {
+            invalid("resume data was altered or made by another ferryd (authentication failed)")
+        })?;
+        let payload: Payload = serde_json::from_slice(&payload)
+            .map_err(|e| invalid(format!("resume data is unreadable: {e}")))?;
+        if payload.version != VERSION || payload.kind != "download" {
+            return Err(invalid(format!(
+                "resume data of version {} kind {:?} is not supported",
+                payload.version, payload.kind
+            )));
+        }
+        if !payload.file.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid("resume data names an invalid file"));
+        }
+        let path = self.file(&payload.file.id);
+        let (len, tail) = tail_hash(&path).map_err(|_| {
+            invalid("the bytes this resume data names are gone (already used, or reclaimed)")
+        })?;
+        if len != payload.file.len || tail != payload.file.tail_sha256 {
+            return Err(invalid("the bytes this resume data names have changed"));
+        }
+        Ok((payload, path))
+    }
+}
+
+fn tail_hash(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(TAIL)))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    Ok((len, hex::encode(Sha256::digest(&tail))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keeper(dir: &Path) -> Keeper {
+        Keeper::open(&Layout {
+            root: dir.to_owned(),
+        })
+        .unwrap()
+    }
+
+    fn checkpoint() -> ferry_engine::Checkpoint {
+        ferry_engine::Checkpoint {
+            url: "http://h/f".into(),
+            current_url: "http://h/f".into(),
+            total: Some(10),
+            validators: ferry_engine::Validators {
+                etag: Some("\"e\"".into()),
+                last_modified: None,
+            },
+            segments: vec![ferry_engine::Segment {
+                start: 0,
+                pos: 4,
+                end: Some(10),
+            }],
+            file_name: None,
+        }
+    }
+
+    fn request() -> DownloadRequest {
+        serde_json::from_value(serde_json::json!({
+            "url": "http://h/f",
+            "headers": [["Authorization", "Bearer secret"], ["X-Keep", "yes"]]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trips_without_secrets_and_rejects_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = keeper(dir.path());
+        let staging = dir.path().join("s.part");
+        std::fs::write(&staging, b"0123456789").unwrap();
+        let blob = k.keep(&staging, &request(), checkpoint()).unwrap();
+        assert!(!staging.exists());
+        assert!(!blob.contains(&hex::encode("secret")));
+        let (payload, path) = k.open_blob(&blob).unwrap();
+        assert_eq!(payload.checkpoint, checkpoint());
+        assert_eq!(
+            payload.request.headers.0,
+            vec![("X-Keep".into(), "yes".into())]
+        );
+        assert_eq!(std::fs::read(path).unwrap(), b"0123456789");
+
+        let reason = |b: &str| k.open_blob(b).unwrap_err().message;
+        // One payload character changed.
+        let mut tampered = blob.clone().into_bytes();
+        let i = PREFIX.len() + 10;
+        tampered[i] = if tampered[i] == b'0' { b'1' } else { b'0' };
+        assert!(reason(std::str::from_utf8(&tampered).unwrap()).contains("altered"));
+        assert!(reason(&blob[..blob.len() - 10]).contains("truncated"));
+        assert!(reason(&blob[..PREFIX.len() + 20]).contains("truncated"));
+        assert!(reason("hello").contains("not ferry resume data"));
+        assert!(reason("ferry-resume-v9.00.00").contains("unsupported version"));
+        // Another daemon's key.
+        let other = tempfile::tempdir().unwrap();
+        assert!(
+            keeper(other.path())
+                .open_blob(&blob)
+                .unwrap_err()
+                .message
+                .contains("another ferryd")
+        );
+    }
+
+    #[test]
+    fn notices_a_changed_or_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = keeper(dir.path());
+        let staging = dir.path().join("s.part");
+        std::fs::write(&staging, b"0123456789").unwrap();
+        let blob = k.keep(&staging, &request(), checkpoint()).unwrap();
+        let (_, path) = k.open_blob(&blob).unwrap();
+        std::fs::write(&path, b"0123456780").unwrap();
+        assert!(k.open_blob(&blob).unwrap_err().message.contains("changed"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(k.open_blob(&blob).unwrap_err().message.contains("gone"));
+        // The key survives a restart.
+        assert_eq!(keeper(dir.path()).key, k.key);
+    }
+}
