@@ -188,7 +188,19 @@ pub async fn run(args: GetArgs) -> Result<ExitCode> {
         ..DownloadSpec::new(String::new(), PathBuf::new(), Destination::Folder(folder))
     };
     let outcomes: Vec<Outcome> = futures_util::stream::iter(jobs)
-        .map(|job| run_job(&engine, &template, job, &bars, &cancel))
+        .map(|job| {
+            // On a worker thread, next to the connection tasks that feed it: run on the
+            // runtime's main thread, every chunk would cross threads on its way to disk.
+            let (engine, template, bars, cancel) = (
+                engine.clone(),
+                template.clone(),
+                bars.clone(),
+                cancel.clone(),
+            );
+            let job =
+                tokio::spawn(async move { run_job(&engine, &template, job, &bars, &cancel).await });
+            async move { job.await.unwrap_or(Outcome::Failed) }
+        })
         .buffer_unordered(PARALLEL_DOWNLOADS)
         .collect()
         .await;
