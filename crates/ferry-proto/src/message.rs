@@ -203,6 +203,12 @@ pub struct SessionConfig {
     pub destination_conflict: Conflict,
     /// Keep undelivered events for absent clients (false: task states only).
     pub journal: bool,
+    /// Program and arguments the daemon runs when the session has undelivered events, no
+    /// attached client and nothing waiting or running (with `FERRY_SESSION` and `FERRY_HOME`).
+    pub launch_command: Option<Vec<String>>,
+    /// Seconds before the launch command runs again if the events are still undelivered;
+    /// doubles each time, up to an hour.
+    pub launch_retry_secs: u64,
 }
 
 impl Default for SessionConfig {
@@ -216,6 +222,8 @@ impl Default for SessionConfig {
             rate_limit: None,
             destination_conflict: Conflict::Rename,
             journal: true,
+            launch_command: None,
+            launch_retry_secs: 30,
         }
     }
 }

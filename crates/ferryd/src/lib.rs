@@ -11,6 +11,7 @@
 pub mod handlers;
 pub mod home;
 pub mod hub;
+pub mod launcher;
 pub mod resume;
 pub mod scheduler;
 pub mod server;
@@ -119,6 +120,12 @@ async fn serve(config: DaemonConfig, store: Arc<Store>, hub: Arc<Hub>) -> Result
         layout: layout.clone(),
         keeper,
     });
+    let launcher = Arc::new(launcher::Launcher::new(
+        ctx.store.clone(),
+        ctx.hub.clone(),
+        layout.clone(),
+    ));
+    let launching = tokio::spawn(launcher.run(shutdown.clone()));
     let accept = tokio::spawn(server::accept_loop(listener, ctx, shutdown.clone()));
     let scheduling = tokio::spawn(scheduler.run(shutdown.clone()));
     tracing::info!(home = %layout.root.display(), pid = std::process::id(), "ferryd ready");
@@ -128,6 +135,7 @@ async fn serve(config: DaemonConfig, store: Arc<Store>, hub: Arc<Hub>) -> Result
     shutdown.cancel();
     let _ = accept.await;
     let _ = scheduling.await;
+    let _ = launching.await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())

@@ -7,5 +7,6 @@ mod fixture;
 mod access;
 mod durability;
 mod journal;
+mod launch;
 mod resume;
 mod tasks;
