@@ -143,6 +143,32 @@ pub enum Request {
         #[serde(default)]
         headers: Headers,
     },
+    /// Aggregate state of a session's groups.
+    ListGroups {
+        /// The session.
+        session: String,
+    },
+    /// Suspends every unfinished task of a group.
+    SuspendGroup {
+        /// The session.
+        session: String,
+        /// The group.
+        group: String,
+    },
+    /// Resumes every suspended task of a group.
+    ResumeGroup {
+        /// The session.
+        session: String,
+        /// The group.
+        group: String,
+    },
+    /// Cancels every unfinished task of a group.
+    CancelGroup {
+        /// The session.
+        session: String,
+        /// The group.
+        group: String,
+    },
     /// The daemon's status.
     Status,
 }
@@ -179,8 +205,41 @@ pub enum Response {
         /// Task counts by state name (`suspended`, `waiting`, `transferring`, `succeeded`…).
         tasks: BTreeMap<String, u64>,
     },
+    /// Groups, by name.
+    Groups {
+        /// The groups.
+        groups: Vec<GroupInfo>,
+    },
+    /// One group, as it is after the request.
+    Group {
+        /// The group.
+        group: GroupInfo,
+    },
     /// The request was carried out; nothing to report.
     Done,
+}
+
+/// A group's aggregate state (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The session.
+    pub session: String,
+    /// The group's name.
+    pub name: String,
+    /// Tasks in the group.
+    pub tasks: u64,
+    /// Of which completed, in any way.
+    pub completed: u64,
+    /// Of which succeeded.
+    pub succeeded: u64,
+    /// Of which failed.
+    pub failed: u64,
+    /// Of which cancelled.
+    pub cancelled: u64,
+    /// Bytes received over all tasks.
+    pub bytes_done: u64,
+    /// Total size over all tasks, once every size is known.
+    pub bytes_total: Option<u64>,
 }
 
 /// A session's configuration (SPEC §4). Every field has a default.
@@ -203,6 +262,8 @@ pub struct SessionConfig {
     pub destination_conflict: Conflict,
     /// Keep undelivered events for absent clients (false: task states only).
     pub journal: bool,
+    /// Tasks of one group running at once (absent: only the session's limit).
+    pub group_max_concurrent: Option<u32>,
     /// Program and arguments the daemon runs when the session has undelivered events, no
     /// attached client and nothing waiting or running (with `FERRY_SESSION` and `FERRY_HOME`).
     pub launch_command: Option<Vec<String>>,
@@ -222,6 +283,7 @@ impl Default for SessionConfig {
             rate_limit: None,
             destination_conflict: Conflict::Rename,
             journal: true,
+            group_max_concurrent: None,
             launch_command: None,
             launch_retry_secs: 30,
         }
@@ -302,6 +364,9 @@ pub struct DownloadRequest {
     /// Free text returned with every event of the task (at most 4 KiB).
     #[serde(default)]
     pub tag: Option<String>,
+    /// The group the task belongs to (1–256 bytes, no control characters).
+    #[serde(default)]
+    pub group: Option<String>,
     /// Connections to use at most (absent: the daemon's default, 8).
     #[serde(default)]
     pub connections: Option<u32>,
@@ -343,6 +408,9 @@ pub struct TaskInfo {
     pub error: Option<ErrorInfo>,
     /// The client's tag.
     pub tag: Option<String>,
+    /// Its group.
+    #[serde(default)]
+    pub group: Option<String>,
     /// Its priority.
     pub priority: Priority,
     /// For a download cancelled with its bytes kept: the blob to continue it from.
@@ -531,6 +599,17 @@ pub enum Event {
         outcome: Outcome,
         /// The last response's status, when there was one.
         status: Option<u16>,
+    },
+    /// Every task of a group has completed (after the last one's `completed`).
+    GroupCompleted {
+        /// The group.
+        group: String,
+        /// Tasks that succeeded.
+        succeeded: u64,
+        /// Tasks that failed.
+        failed: u64,
+        /// Tasks that were cancelled.
+        cancelled: u64,
     },
     /// All journaled events have been handed over after an attach.
     BacklogDelivered,

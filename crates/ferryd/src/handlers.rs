@@ -4,16 +4,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ferry_proto::{
-    CancelReason, DownloadRequest, ErrorInfo, Event, EventFrame, Headers, Request, Response,
-    ServerFrame, SessionConfig, TaskInfo, TaskState,
+    CancelReason, DownloadRequest, ErrorInfo, Event, EventFrame, GroupInfo, Headers, OutcomeKind,
+    Request, Response, ServerFrame, SessionConfig, TaskInfo, TaskState,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::home::{Layout, valid_session_id};
 use crate::hub::{ConnectionId, Hub};
 use crate::resume::Keeper;
-use crate::scheduler::{self, ControlError, Scheduler};
-use crate::store::{NewTask, Store, StoreError, sessions, tasks};
+use crate::scheduler::{self, ControlError, GroupAction, Scheduler};
+use crate::store::{NewTask, Store, StoreError, TaskRow, sessions, tasks};
 
 /// Longest tag accepted (SPEC §5).
 const MAX_TAG_BYTES: usize = 4096;
@@ -81,6 +81,16 @@ pub async fn handle(ctx: &Context, peer: &Peer, id: u64, request: Request) -> Op
             destination,
             headers,
         } => from_resume_data(ctx, session, &resume_data, destination, headers).await,
+        Request::ListGroups { session } => list_groups(ctx, session).await,
+        Request::SuspendGroup { session, group } => {
+            group_control(ctx, session, group, GroupAction::Suspend).await
+        }
+        Request::ResumeGroup { session, group } => {
+            group_control(ctx, session, group, GroupAction::Resume).await
+        }
+        Request::CancelGroup { session, group } => {
+            group_control(ctx, session, group, GroupAction::Cancel).await
+        }
         Request::Status => status(ctx).await,
     };
     Some(match result {
@@ -228,6 +238,9 @@ fn validate(request: &DownloadRequest) -> Result<(), ErrorInfo> {
             format!("the tag is longer than {MAX_TAG_BYTES} bytes"),
         ));
     }
+    if let Some(group) = &request.group {
+        check_group(group)?;
+    }
     if request.connections.is_some_and(|c| !(1..=64).contains(&c)) {
         return Err(ErrorInfo::new(
             "invalid_request",
@@ -365,6 +378,89 @@ async fn from_resume_data(
         .map_err(internal)?;
     ctx.scheduler.wake();
     Ok(Response::Task { task: row.info() })
+}
+
+fn check_group(group: &str) -> Result<(), ErrorInfo> {
+    if (1..=256).contains(&group.len()) && !group.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(ErrorInfo::new(
+            "invalid_request",
+            format!("group name {group:?} must be 1 to 256 bytes without control characters"),
+        ))
+    }
+}
+
+/// Sums a group's tasks, with live bytes for running ones.
+fn group_info(ctx: &Context, session: &str, name: &str, members: &[TaskRow]) -> GroupInfo {
+    let mut info = GroupInfo {
+        session: session.to_owned(),
+        name: name.to_owned(),
+        tasks: members.len() as u64,
+        completed: 0,
+        succeeded: 0,
+        failed: 0,
+        cancelled: 0,
+        bytes_done: 0,
+        bytes_total: Some(0),
+    };
+    for task in members {
+        let t = live(ctx, task.info());
+        if let TaskState::Completed { outcome } = t.state {
+            info.completed += 1;
+            match outcome {
+                OutcomeKind::Succeeded => info.succeeded += 1,
+                OutcomeKind::Failed => info.failed += 1,
+                OutcomeKind::Cancelled => info.cancelled += 1,
+            }
+        }
+        info.bytes_done += t.bytes_done;
+        info.bytes_total = info.bytes_total.zip(t.bytes_total).map(|(a, b)| a + b);
+    }
+    info
+}
+
+async fn list_groups(ctx: &Context, session: String) -> Result<Response, ErrorInfo> {
+    check_session(&session)?;
+    let s = session.clone();
+    let groups = read(ctx, move |c| {
+        tasks::group_names(c, &s)?
+            .into_iter()
+            .map(|name| Ok((tasks::group(c, &s, &name)?, name)))
+            .collect::<Result<Vec<_>, StoreError>>()
+    })
+    .await?;
+    Ok(Response::Groups {
+        groups: groups
+            .iter()
+            .map(|(members, name)| group_info(ctx, &session, name, members))
+            .collect(),
+    })
+}
+
+async fn group_control(
+    ctx: &Context,
+    session: String,
+    group: String,
+    action: GroupAction,
+) -> Result<Response, ErrorInfo> {
+    check_session(&session)?;
+    check_group(&group)?;
+    ctx.scheduler
+        .control_group(&session, &group, action)
+        .await
+        .map_err(internal)?;
+    let (s, g) = (session.clone(), group.clone());
+    let members = read(ctx, move |c| tasks::group(c, &s, &g)).await?;
+    if members.is_empty() {
+        return Err(ErrorInfo::new(
+            "unknown_group",
+            format!("session {session} has no group {group:?}"),
+        ));
+    }
+    Ok(Response::Group {
+        group: group_info(ctx, &session, &group, &members),
+    })
 }
 
 async fn status(ctx: &Context) -> Result<Response, ErrorInfo> {

@@ -80,6 +80,7 @@ enum Stop {
 
 struct Running {
     session: String,
+    group: Option<String>,
     cancel: CancellationToken,
     stop: Arc<Mutex<Option<Stop>>>,
     progress: Arc<Progress>,
@@ -287,8 +288,12 @@ impl Scheduler {
         .map_err(|e| StoreError::Unusable(e.to_string()))??;
         let configs: HashMap<String, SessionConfig> = configs.into_iter().collect();
         let mut per_session: HashMap<String, usize> = HashMap::new();
+        let mut per_group: HashMap<(String, String), usize> = HashMap::new();
         for r in self.running().values() {
             *per_session.entry(r.session.clone()).or_default() += 1;
+            if let Some(g) = &r.group {
+                *per_group.entry((r.session.clone(), g.clone())).or_default() += 1;
+            }
         }
         let mut started = 0;
         for row in candidates {
@@ -301,13 +306,22 @@ impl Scheduler {
             let limit = configs
                 .get(&row.session)
                 .map_or(6, |c| c.max_concurrent as usize);
-            let count = per_session.entry(row.session.clone()).or_default();
-            if *count >= limit {
+            if per_session.get(&row.session).copied().unwrap_or(0) >= limit {
                 continue;
             }
             let config = configs.get(&row.session).cloned().unwrap_or_default();
+            let group_key = row.request.group.clone().map(|g| (row.session.clone(), g));
+            if let (Some(key), Some(max)) = (&group_key, config.group_max_concurrent)
+                && per_group.get(key).copied().unwrap_or(0) >= max as usize
+            {
+                continue;
+            }
+            let session = row.session.clone();
             if self.start(row, config).await? {
-                *count += 1;
+                *per_session.entry(session).or_default() += 1;
+                if let Some(key) = group_key {
+                    *per_group.entry(key).or_default() += 1;
+                }
                 started += 1;
             }
         }
@@ -347,6 +361,7 @@ impl Scheduler {
         };
         let running = Running {
             session: row.session.clone(),
+            group: row.request.group.clone(),
             cancel: CancellationToken::new(),
             stop: Arc::new(Mutex::new(None)),
             progress: Arc::new(Progress::default()),
@@ -497,6 +512,7 @@ impl Scheduler {
                                 status: Some(done.status),
                             },
                         )?);
+                        events.extend(tasks::group_completion(c, id)?);
                     }
                     End::Failed(checkpoint, error) => {
                         tasks::transition(c, id, &ACTIVE, failed(), Some(&error))?;
@@ -516,6 +532,7 @@ impl Scheduler {
                                 outcome: Outcome::Failed { error },
                             },
                         )?);
+                        events.extend(tasks::group_completion(c, id)?);
                     }
                     End::Stopped(stop, failure) => {
                         // Cancellations were handled above: this run pauses.
@@ -660,6 +677,31 @@ impl Scheduler {
         Ok(cancelled)
     }
 
+    /// Applies `action` to every task of a group it fits; tasks in another state are left.
+    pub async fn control_group(
+        &self,
+        session: &str,
+        group: &str,
+        action: GroupAction,
+    ) -> Result<(), StoreError> {
+        let (s, g) = (session.to_owned(), group.to_owned());
+        let members = self.store.read(move |c| tasks::group(c, &s, &g))?;
+        for task in members {
+            let done = match (action, task.state) {
+                (_, TaskState::Completed { .. }) => continue,
+                (GroupAction::Suspend, TaskState::Running { .. }) => self.suspend(task.id).await,
+                (GroupAction::Resume, TaskState::Suspended) => self.resume(task.id).await,
+                (GroupAction::Cancel, _) => self.cancel(task.id, CancelReason::Client, false).await,
+                _ => continue,
+            };
+            match done {
+                Ok(()) | Err(ControlError::Refused(_)) => {}
+                Err(ControlError::Store(e)) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn stop_running(&self, task: u64, stop: Stop) -> Option<CancellationToken> {
         let running = self.running();
         let r = running.get(&task)?;
@@ -693,6 +735,17 @@ impl Scheduler {
             ))),
         }
     }
+}
+
+/// What to do to a whole group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupAction {
+    /// Suspend its unfinished tasks.
+    Suspend,
+    /// Resume its suspended tasks.
+    Resume,
+    /// Cancel its unfinished tasks.
+    Cancel,
 }
 
 /// How a task is to be cancelled.
@@ -747,7 +800,9 @@ fn cancel_job(
             status: None,
         },
     )?;
-    Ok((true, vec![event]))
+    let mut events = vec![event];
+    events.extend(tasks::group_completion(c, id)?);
+    Ok((true, events))
 }
 
 fn set_stop(stop: &Mutex<Option<Stop>>, value: Stop) {

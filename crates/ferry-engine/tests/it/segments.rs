@@ -131,13 +131,14 @@ async fn an_idle_connection_takes_work_from_the_slowest() {
     assert_eq!(std::fs::read(done.path).unwrap(), content(34, N));
     let ranges = ranges(&env);
     assert_eq!(ranges[0], (half - 64 * 1024, half - 1), "A resumes first");
-    assert_eq!(ranges[1], (half, N - 1), "B on the second connection");
-    assert!(ranges.len() >= 3, "{ranges:?}");
-    let stolen = ranges[2];
+    // B is fetched from its start by one connection, and the connection that finished A
+    // (or the other one, whichever was idle first) takes the back half of it.
+    assert!(ranges.iter().any(|r| r.0 == half), "{ranges:?}");
     assert!(
-        stolen.0 > half && stolen.1 == N - 1,
-        "the idle connection took the back of B: {ranges:?}"
+        ranges.iter().any(|r| r.0 > half && r.1 == N - 1),
+        "an idle connection took the back of B: {ranges:?}"
     );
+    assert!(ranges.len() >= 3, "{ranges:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,4 +52,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN resume_data TEXT;
     ALTER TABLE sessions ADD COLUMN terminated_at INTEGER;
     "#,
+    // 3: groups.
+    r#"
+    ALTER TABLE tasks ADD COLUMN grp TEXT;
+    UPDATE tasks SET grp = json_extract(request, '$.group');
+    CREATE INDEX tasks_by_group ON tasks(session, grp) WHERE grp IS NOT NULL;
+    "#,
 ];

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use ferry_proto::{DownloadRequest, ErrorInfo, Event, EventFrame, Priority, TaskInfo, TaskState};
+use ferry_proto::{
+    DownloadRequest, ErrorInfo, Event, EventFrame, OutcomeKind, Priority, TaskInfo, TaskState,
+};
 use rusqlite::{Connection, OptionalExtension, Row};
 
 use super::{StoreError, now, sessions};
@@ -63,6 +65,7 @@ impl TaskRow {
             bytes_total: self.bytes_total,
             error: self.error.clone(),
             tag: self.request.tag.clone(),
+            group: self.request.group.clone(),
             priority: self.priority,
             resume_data: self.resume_data.clone(),
         }
@@ -158,13 +161,14 @@ fn query(
 pub fn insert(conn: &Connection, task: &NewTask) -> Result<TaskRow, StoreError> {
     let t = now();
     conn.execute(
-        "INSERT INTO tasks (session, request, priority, state, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        "INSERT INTO tasks (session, request, priority, state, grp, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
         (
             &task.session,
             serde_json::to_string(&task.request)?,
             priority_rank(task.priority),
             task.state.name(),
+            task.request.group.as_deref(),
             t,
         ),
     )?;
@@ -282,6 +286,57 @@ pub fn set_finished(
         (to_i64(id), location, to_i64(bytes), current_url),
     )?;
     Ok(())
+}
+
+/// The tasks of a group, in id order.
+pub fn group(conn: &Connection, session: &str, group: &str) -> Result<Vec<TaskRow>, StoreError> {
+    query(
+        conn,
+        "WHERE session = ?1 AND grp = ?2 ORDER BY id",
+        (session, group),
+    )
+}
+
+/// The names of a session's groups.
+pub fn group_names(conn: &Connection, session: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT grp FROM tasks WHERE session = ?1 AND grp IS NOT NULL ORDER BY grp",
+    )?;
+    let names = stmt.query_map([session], |r| r.get(0))?;
+    Ok(names.collect::<Result<_, _>>()?)
+}
+
+/// After task `id` completed: if it was the last unfinished task of its group, the group's
+/// `group_completed` event, journaled in the same transaction.
+pub fn group_completion(conn: &Connection, id: u64) -> Result<Option<EventFrame>, StoreError> {
+    let Some(row) = get(conn, id)? else {
+        return Ok(None);
+    };
+    let Some(name) = row.request.group.as_deref() else {
+        return Ok(None);
+    };
+    let members = group(conn, &row.session, name)?;
+    let count = |k: OutcomeKind| {
+        members
+            .iter()
+            .filter(|t| t.state == TaskState::Completed { outcome: k })
+            .count() as u64
+    };
+    let (succeeded, failed, cancelled) = (
+        count(OutcomeKind::Succeeded),
+        count(OutcomeKind::Failed),
+        count(OutcomeKind::Cancelled),
+    );
+    if succeeded + failed + cancelled < members.len() as u64 {
+        return Ok(None);
+    }
+    let event = Event::GroupCompleted {
+        group: name.to_owned(),
+        succeeded,
+        failed,
+        cancelled,
+    };
+    Ok(Some(journal_append(conn, &row.session, None, None, event)?))
 }
 
 /// Records a cancelled task's resume data.

@@ -291,6 +291,7 @@ pub fn download(url: String, dest: Option<&Path>) -> DownloadRequest {
         checksum: None,
         priority: None,
         tag: None,
+        group: None,
         connections: None,
         rate_limit: None,
         start: true,

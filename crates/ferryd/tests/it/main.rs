@@ -6,6 +6,7 @@ mod fixture;
 
 mod access;
 mod durability;
+mod groups;
 mod journal;
 mod launch;
 mod resume;
