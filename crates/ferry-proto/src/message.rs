@@ -143,6 +143,18 @@ pub enum Request {
         #[serde(default)]
         headers: Headers,
     },
+    /// No new tasks in the session; when its tasks have completed, `session_invalidated`
+    /// (URLSession's `finishTasksAndInvalidate`).
+    FinishTasksAndInvalidate {
+        /// The session.
+        session: String,
+    },
+    /// Cancels the session's unfinished tasks, then `session_invalidated`
+    /// (URLSession's `invalidateAndCancel`).
+    InvalidateAndCancel {
+        /// The session.
+        session: String,
+    },
     /// Aggregate state of a session's groups.
     ListGroups {
         /// The session.
@@ -611,6 +623,9 @@ pub enum Event {
         /// Tasks that were cancelled.
         cancelled: u64,
     },
+    /// The session was invalidated and every task of it has completed; it takes new tasks
+    /// again (as a new session with the same id).
+    SessionInvalidated,
     /// All journaled events have been handed over after an attach.
     BacklogDelivered,
 }

@@ -81,6 +81,8 @@ pub async fn handle(ctx: &Context, peer: &Peer, id: u64, request: Request) -> Op
             destination,
             headers,
         } => from_resume_data(ctx, session, &resume_data, destination, headers).await,
+        Request::FinishTasksAndInvalidate { session } => invalidate(ctx, session, false).await,
+        Request::InvalidateAndCancel { session } => invalidate(ctx, session, true).await,
         Request::ListGroups { session } => list_groups(ctx, session).await,
         Request::SuspendGroup { session, group } => {
             group_control(ctx, session, group, GroupAction::Suspend).await
@@ -262,6 +264,7 @@ async fn create(
         .store
         .write(move |c| {
             sessions::ensure(c, &session)?;
+            refuse_if_invalidating(c, &session)?;
             let config = sessions::config(c, &session)?.unwrap_or_default();
             let task = NewTask {
                 priority: request.priority.unwrap_or(config.priority),
@@ -278,7 +281,7 @@ async fn create(
             Ok((tasks::insert(c, &task)?, Vec::new()))
         })
         .await
-        .map_err(internal)?;
+        .map_err(creation_error)?;
     ctx.scheduler.wake();
     Ok(Response::Task { task: row.info() })
 }
@@ -314,6 +317,62 @@ async fn control(
     Ok(Response::Task {
         task: live(ctx, row.info()),
     })
+}
+
+async fn invalidate(ctx: &Context, session: String, cancel: bool) -> Result<Response, ErrorInfo> {
+    check_session(&session)?;
+    let name = session.clone();
+    let unfinished = ctx
+        .store
+        .write(move |c| {
+            if sessions::config(c, &name)?.is_none() {
+                return Err(StoreError::NotFound(format!("there is no session {name}")));
+            }
+            tasks::start_invalidation(c, &name)?;
+            let unfinished: Vec<u64> = tasks::list(c, Some(&name))?
+                .into_iter()
+                .filter(|t| !matches!(t.state, TaskState::Completed { .. }))
+                .map(|t| t.id)
+                .collect();
+            // With nothing left to finish, the session is invalidated at once.
+            let events = tasks::invalidation_done(c, &name)?.into_iter().collect();
+            Ok((unfinished, events))
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound(m) => ErrorInfo::new("unknown_session", m),
+            e => internal(e),
+        })?;
+    if cancel {
+        for task in unfinished {
+            match ctx
+                .scheduler
+                .cancel(task, CancelReason::Client, false)
+                .await
+            {
+                Ok(()) | Err(ControlError::Refused(_)) => {}
+                Err(ControlError::Store(e)) => return Err(internal(e)),
+            }
+        }
+    }
+    Ok(Response::Done)
+}
+
+/// New tasks are refused while a session is being invalidated.
+fn refuse_if_invalidating(c: &rusqlite::Connection, session: &str) -> Result<(), StoreError> {
+    if tasks::is_invalidating(c, session)? {
+        return Err(StoreError::NotFound(format!(
+            "session {session} is being invalidated and takes no new tasks"
+        )));
+    }
+    Ok(())
+}
+
+fn creation_error(e: StoreError) -> ErrorInfo {
+    match e {
+        StoreError::NotFound(m) => ErrorInfo::new("session_invalidated", m),
+        e => internal(e),
+    }
 }
 
 async fn terminate(ctx: &Context, session: String) -> Result<Response, ErrorInfo> {
@@ -356,6 +415,7 @@ async fn from_resume_data(
         .store
         .write(move |c| {
             sessions::ensure(c, &session)?;
+            refuse_if_invalidating(c, &session)?;
             let config = sessions::config(c, &session)?.unwrap_or_default();
             let row = tasks::insert(
                 c,
@@ -375,7 +435,7 @@ async fn from_resume_data(
             Ok((tasks::get(c, row.id)?.unwrap_or(row), Vec::new()))
         })
         .await
-        .map_err(internal)?;
+        .map_err(creation_error)?;
     ctx.scheduler.wake();
     Ok(Response::Task { task: row.info() })
 }

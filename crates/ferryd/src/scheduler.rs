@@ -512,7 +512,7 @@ impl Scheduler {
                                 status: Some(done.status),
                             },
                         )?);
-                        events.extend(tasks::group_completion(c, id)?);
+                        events.extend(tasks::after_completion(c, id)?);
                     }
                     End::Failed(checkpoint, error) => {
                         tasks::transition(c, id, &ACTIVE, failed(), Some(&error))?;
@@ -532,7 +532,7 @@ impl Scheduler {
                                 outcome: Outcome::Failed { error },
                             },
                         )?);
-                        events.extend(tasks::group_completion(c, id)?);
+                        events.extend(tasks::after_completion(c, id)?);
                     }
                     End::Stopped(stop, failure) => {
                         // Cancellations were handled above: this run pauses.
@@ -801,7 +801,7 @@ fn cancel_job(
         },
     )?;
     let mut events = vec![event];
-    events.extend(tasks::group_completion(c, id)?);
+    events.extend(tasks::after_completion(c, id)?);
     Ok((true, events))
 }
 

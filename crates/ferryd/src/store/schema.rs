@@ -58,4 +58,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     UPDATE tasks SET grp = json_extract(request, '$.group');
     CREATE INDEX tasks_by_group ON tasks(session, grp) WHERE grp IS NOT NULL;
     "#,
+    // 4: sessions being invalidated take no new tasks.
+    r#"
+    ALTER TABLE sessions ADD COLUMN invalidating INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

@@ -339,6 +339,67 @@ pub fn group_completion(conn: &Connection, id: u64) -> Result<Option<EventFrame>
     Ok(Some(journal_append(conn, &row.session, None, None, event)?))
 }
 
+/// Starts invalidating a session: it takes no new tasks until its last task completes.
+pub fn start_invalidation(conn: &Connection, session: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE sessions SET invalidating = 1 WHERE id = ?1",
+        [session],
+    )?;
+    Ok(())
+}
+
+/// Whether the session is being invalidated.
+pub fn is_invalidating(conn: &Connection, session: &str) -> Result<bool, StoreError> {
+    let flag: Option<i64> = conn
+        .query_row(
+            "SELECT invalidating FROM sessions WHERE id = ?1",
+            [session],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(flag == Some(1))
+}
+
+/// If the session is being invalidated and has no unfinished task left: ends the
+/// invalidation and returns its `session_invalidated` event, journaled in this transaction.
+pub fn invalidation_done(
+    conn: &Connection,
+    session: &str,
+) -> Result<Option<EventFrame>, StoreError> {
+    if !is_invalidating(conn, session)? {
+        return Ok(None);
+    }
+    let unfinished: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM tasks WHERE session = ?1 \
+         AND state NOT IN ('succeeded', 'failed', 'cancelled')",
+        [session],
+        |r| r.get(0),
+    )?;
+    if unfinished > 0 {
+        return Ok(None);
+    }
+    conn.execute(
+        "UPDATE sessions SET invalidating = 0 WHERE id = ?1",
+        [session],
+    )?;
+    Ok(Some(journal_append(
+        conn,
+        session,
+        None,
+        None,
+        Event::SessionInvalidated,
+    )?))
+}
+
+/// The events that may follow a task's completion: its group's, then its session's.
+pub fn after_completion(conn: &Connection, id: u64) -> Result<Vec<EventFrame>, StoreError> {
+    let mut events: Vec<EventFrame> = group_completion(conn, id)?.into_iter().collect();
+    if let Some(row) = get(conn, id)? {
+        events.extend(invalidation_done(conn, &row.session)?);
+    }
+    Ok(events)
+}
+
 /// Records a cancelled task's resume data.
 pub fn set_resume_data(conn: &Connection, id: u64, blob: &str) -> Result<(), StoreError> {
     conn.execute(

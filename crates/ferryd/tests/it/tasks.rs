@@ -181,3 +181,108 @@ async fn bad_requests_get_clear_errors_and_create_nothing() {
     assert_eq!(err.code, "invalid_request");
     assert!(c.tasks(None).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finish_tasks_and_invalidate_lets_tasks_finish_then_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    c.attach("inv").await.unwrap();
+    let mut req = download(
+        server.url("/bytes/600000?rate=1000000"),
+        Some(&dir.path().join("i1")),
+    );
+    req.connections = Some(1);
+    let t = c.create("inv", req).await;
+    c.request(Request::FinishTasksAndInvalidate {
+        session: "inv".into(),
+    })
+    .await
+    .unwrap();
+    let err = c
+        .request(Request::CreateDownload {
+            session: "inv".into(),
+            request: download(server.url("/bytes/10"), None),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "session_invalidated");
+    let mut seen = Vec::new();
+    loop {
+        let e = c.next_journaled().await;
+        let end = e.event == Event::SessionInvalidated;
+        seen.push(e);
+        if end {
+            break;
+        }
+    }
+    let completed = seen
+        .iter()
+        .position(|e| {
+            e.task == Some(t.id)
+                && matches!(
+                    e.event,
+                    Event::Completed {
+                        outcome: Outcome::Succeeded,
+                        ..
+                    }
+                )
+        })
+        .expect("the running task finished normally");
+    assert_eq!(
+        completed,
+        seen.len() - 2,
+        "session_invalidated right after the last completion"
+    );
+    // The id can be used again.
+    c.create(
+        "inv",
+        download(server.url("/bytes/10"), Some(&dir.path().join("i2"))),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_and_cancel_cancels_everything_then_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    c.attach("inv").await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let req = download(
+            server.url(&format!("/bytes/5000000?seed={i}&rate=500000")),
+            Some(&dir.path().join(format!("c{i}"))),
+        );
+        ids.push(c.create("inv", req).await.id);
+    }
+    c.request(Request::InvalidateAndCancel {
+        session: "inv".into(),
+    })
+    .await
+    .unwrap();
+    let mut cancelled = Vec::new();
+    loop {
+        let e = c.next_journaled().await;
+        match e.event {
+            Event::Completed {
+                outcome: Outcome::Cancelled { .. },
+                ..
+            } => cancelled.push(e.task.unwrap()),
+            Event::SessionInvalidated => break,
+            _ => {}
+        }
+    }
+    cancelled.sort_unstable();
+    assert_eq!(cancelled, ids);
+    for id in ids {
+        assert_eq!(
+            c.task(id).await.state,
+            TaskState::Completed {
+                outcome: OutcomeKind::Cancelled
+            }
+        );
+    }
+}
