@@ -260,6 +260,9 @@ pub struct GroupInfo {
 pub struct SessionConfig {
     /// Transfers of this session running at once.
     pub max_concurrent: u32,
+    /// Transfers to one host running at once, counted across the whole daemon
+    /// (`httpMaximumConnectionsPerHost`).
+    pub max_per_host: u32,
     /// Default priority of new tasks.
     pub priority: Priority,
     /// Seconds without a byte before a transient `request_timeout`.
@@ -288,6 +291,7 @@ impl Default for SessionConfig {
     fn default() -> SessionConfig {
         SessionConfig {
             max_concurrent: 6,
+            max_per_host: 6,
             priority: Priority::Normal,
             request_timeout_secs: 60,
             resource_timeout_secs: 7 * 24 * 3600,
@@ -306,7 +310,8 @@ impl Default for SessionConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
-    /// Background work.
+    /// Background work, and discretionary: it runs only when no task of a higher class is
+    /// waiting.
     Low,
     /// The default.
     #[default]
@@ -385,6 +390,9 @@ pub struct DownloadRequest {
     /// Bytes per second for this task.
     #[serde(default)]
     pub rate_limit: Option<u64>,
+    /// Not started before this time (seconds since the Unix epoch).
+    #[serde(default)]
+    pub earliest_begin: Option<i64>,
     /// Start at once (true, the default) or stay `suspended` until `resume`.
     #[serde(default = "yes")]
     pub start: bool,

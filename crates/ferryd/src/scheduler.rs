@@ -16,8 +16,8 @@ use ferry_engine::{
     Destination, DownloadSpec, Downloaded, Engine, Failure, Limits, Progress, RateLimiter,
 };
 use ferry_proto::{
-    CancelReason, ErrorInfo, Event, EventFrame, Outcome, OutcomeKind, RunPhase, ServerFrame,
-    SessionConfig, TaskState,
+    CancelReason, ErrorInfo, Event, EventFrame, Outcome, OutcomeKind, Priority, RunPhase,
+    ServerFrame, SessionConfig, TaskState,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -71,6 +71,8 @@ impl Default for SchedulerConfig {
 enum Stop {
     Suspend,
     Shutdown,
+    /// Paused for a task of a higher priority: it waits again.
+    Preempt,
     /// Cancel; `keep`: with resume data.
     Cancel {
         reason: CancelReason,
@@ -81,6 +83,8 @@ enum Stop {
 struct Running {
     session: String,
     group: Option<String>,
+    host: String,
+    priority: Priority,
     cancel: CancellationToken,
     stop: Arc<Mutex<Option<Stop>>>,
     progress: Arc<Progress>,
@@ -275,11 +279,10 @@ impl Scheduler {
         }
     }
 
+    /// Starts what the limits allow, highest priority first, then oldest. A task held back by
+    /// the daemon-wide or its session's limit while a lower class runs in that scope pauses
+    /// the lowest such task (which waits again, with its checkpoint) — one per round.
     async fn schedule(self: &Arc<Self>) -> Result<(), StoreError> {
-        let free = self.config.max_running.saturating_sub(self.running().len());
-        if free == 0 {
-            return Ok(());
-        }
         let store = self.store.clone();
         let (candidates, configs) = tokio::task::spawn_blocking(move || {
             store.read(|c| Ok((tasks::waiting(c, 4096)?, sessions::all(c)?)))
@@ -287,45 +290,72 @@ impl Scheduler {
         .await
         .map_err(|e| StoreError::Unusable(e.to_string()))??;
         let configs: HashMap<String, SessionConfig> = configs.into_iter().collect();
-        let mut per_session: HashMap<String, usize> = HashMap::new();
-        let mut per_group: HashMap<(String, String), usize> = HashMap::new();
+        let now = crate::store::now();
+        let due = |row: &TaskRow| row.request.earliest_begin.is_none_or(|t| t <= now);
+        // Discretionary (low) tasks wait while anything of a higher class is waiting.
+        let urgent_waiting = candidates
+            .iter()
+            .any(|r| r.priority > Priority::Low && due(r));
+        let mut load = Load::default();
         for r in self.running().values() {
-            *per_session.entry(r.session.clone()).or_default() += 1;
-            if let Some(g) = &r.group {
-                *per_group.entry((r.session.clone(), g.clone())).or_default() += 1;
-            }
+            load.add(&r.session, r.group.as_deref(), &r.host);
         }
-        let mut started = 0;
+        let mut preempted = false;
         for row in candidates {
-            if started >= free {
-                break;
-            }
-            if self.running().contains_key(&row.id) {
-                continue;
-            }
-            let limit = configs
-                .get(&row.session)
-                .map_or(6, |c| c.max_concurrent as usize);
-            if per_session.get(&row.session).copied().unwrap_or(0) >= limit {
-                continue;
-            }
-            let config = configs.get(&row.session).cloned().unwrap_or_default();
-            let group_key = row.request.group.clone().map(|g| (row.session.clone(), g));
-            if let (Some(key), Some(max)) = (&group_key, config.group_max_concurrent)
-                && per_group.get(key).copied().unwrap_or(0) >= max as usize
+            if !due(&row)
+                || (row.priority == Priority::Low && urgent_waiting)
+                || self.running().contains_key(&row.id)
             {
                 continue;
             }
-            let session = row.session.clone();
-            if self.start(row, config).await? {
-                *per_session.entry(session).or_default() += 1;
-                if let Some(key) = group_key {
-                    *per_group.entry(key).or_default() += 1;
+            let config = configs.get(&row.session).cloned().unwrap_or_default();
+            let host = host_of(&row.request.url);
+            let scope = if load.total >= self.config.max_running {
+                Some(None)
+            } else if load.session(&row.session) >= config.max_concurrent as usize {
+                Some(Some(row.session.as_str()))
+            } else {
+                None
+            };
+            if let Some(scope) = scope {
+                if !preempted {
+                    preempted = self.preempt_below(row.priority, scope);
                 }
-                started += 1;
+                continue;
+            }
+            if config
+                .group_max_concurrent
+                .zip(row.request.group.as_deref())
+                .is_some_and(|(max, g)| load.group(&row.session, g) >= max as usize)
+                || load.host(&host) >= config.max_per_host as usize
+            {
+                continue;
+            }
+            let (session, group) = (row.session.clone(), row.request.group.clone());
+            if self.start(row, config, host.clone()).await? {
+                load.add(&session, group.as_deref(), &host);
             }
         }
         Ok(())
+    }
+
+    /// Pauses the lowest-priority running task below `priority` (in `session`, or anywhere),
+    /// newest first among equals. Returns whether one was paused.
+    fn preempt_below(&self, priority: Priority, session: Option<&str>) -> bool {
+        let running = self.running();
+        let victim = running
+            .iter()
+            .filter(|(_, r)| r.priority < priority && session.is_none_or(|s| r.session == s))
+            .min_by_key(|(id, r)| (r.priority, std::cmp::Reverse(**id)));
+        match victim {
+            Some((id, r)) => {
+                tracing::info!(task = id, "paused for a task of a higher priority");
+                set_stop(&r.stop, Stop::Preempt);
+                r.cancel.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Moves a waiting task to connecting and spawns its runner.
@@ -333,6 +363,7 @@ impl Scheduler {
         self: &Arc<Self>,
         row: TaskRow,
         config: SessionConfig,
+        host: String,
     ) -> Result<bool, StoreError> {
         let id = row.id;
         let moved = self
@@ -362,6 +393,8 @@ impl Scheduler {
         let running = Running {
             session: row.session.clone(),
             group: row.request.group.clone(),
+            host,
+            priority: row.priority,
             cancel: CancellationToken::new(),
             stop: Arc::new(Mutex::new(None)),
             progress: Arc::new(Progress::default()),
@@ -537,7 +570,7 @@ impl Scheduler {
                     End::Stopped(stop, failure) => {
                         // Cancellations were handled above: this run pauses.
                         let to = match stop {
-                            Stop::Shutdown => WAITING,
+                            Stop::Shutdown | Stop::Preempt => WAITING,
                             _ => TaskState::Suspended,
                         };
                         tasks::transition(c, id, &ACTIVE, to, None)?;
@@ -735,6 +768,57 @@ impl Scheduler {
             ))),
         }
     }
+}
+
+/// Running transfers counted by the scopes that limit them.
+#[derive(Debug, Default)]
+struct Load {
+    total: usize,
+    sessions: HashMap<String, usize>,
+    groups: HashMap<(String, String), usize>,
+    hosts: HashMap<String, usize>,
+}
+
+impl Load {
+    fn add(&mut self, session: &str, group: Option<&str>, host: &str) {
+        self.total += 1;
+        *self.sessions.entry(session.to_owned()).or_default() += 1;
+        if let Some(g) = group {
+            *self
+                .groups
+                .entry((session.to_owned(), g.to_owned()))
+                .or_default() += 1;
+        }
+        *self.hosts.entry(host.to_owned()).or_default() += 1;
+    }
+
+    fn session(&self, session: &str) -> usize {
+        self.sessions.get(session).copied().unwrap_or(0)
+    }
+
+    fn group(&self, session: &str, group: &str) -> usize {
+        self.groups
+            .get(&(session.to_owned(), group.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn host(&self, host: &str) -> usize {
+        self.hosts.get(host).copied().unwrap_or(0)
+    }
+}
+
+/// The host (and port) a URL connects to, for the per-host limit.
+fn host_of(url: &str) -> String {
+    ferry_engine::parse_url(url)
+        .map(|u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or(""),
+                u.port_or_known_default().unwrap_or(0)
+            )
+        })
+        .unwrap_or_default()
 }
 
 /// What to do to a whole group.

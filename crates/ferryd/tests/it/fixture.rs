@@ -29,7 +29,12 @@ impl Daemon {
     }
 
     pub async fn start_with(home: &Path, checkpoint_ms: u64) -> Daemon {
+        Daemon::start_env(home, checkpoint_ms, &[]).await
+    }
+
+    pub async fn start_env(home: &Path, checkpoint_ms: u64, env: &[(&str, &str)]) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+            .envs(env.iter().copied())
             .env("FERRY_HOME", home)
             .env("FERRY_CHECKPOINT_MS", checkpoint_ms.to_string())
             .env("FERRY_LOG", "warn")
@@ -294,6 +299,7 @@ pub fn download(url: String, dest: Option<&Path>) -> DownloadRequest {
         group: None,
         connections: None,
         rate_limit: None,
+        earliest_begin: None,
         start: true,
     }
 }

@@ -10,4 +10,5 @@ mod groups;
 mod journal;
 mod launch;
 mod resume;
+mod scheduling;
 mod tasks;

@@ -1,0 +1,240 @@
+//! Who runs when: priorities with preemption, discretionary tasks, per-host limits,
+//! earliest_begin.
+
+use ferry_proto::{OutcomeKind, Priority, RunPhase, SessionConfig, TaskState};
+use ferry_testserver::{TestServer, content};
+
+use crate::fixture::{Client, Daemon, download, wait_completed, wait_until};
+
+async fn wait_bytes(daemon: &Daemon, id: u64) {
+    let socket = daemon.socket();
+    wait_until(|| {
+        let socket = socket.clone();
+        async move { Client::connect(&socket).await.task(id).await.bytes_done > 0 }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_priority_pauses_a_lower_one_which_resumes_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon =
+        Daemon::start_env(&dir.path().join("home"), 200, &[("FERRY_MAX_RUNNING", "1")]).await;
+    let mut c = daemon.client().await;
+    let n = 3_000_000u64;
+    let low_out = dir.path().join("low.bin");
+    let mut low = download(
+        server.url(&format!("/bytes/{n}?seed=41&rate=1000000")),
+        Some(&low_out),
+    );
+    low.connections = Some(1);
+    low.priority = Some(Priority::Normal);
+    let low = c.create("p", low).await;
+    wait_bytes(&daemon, low.id).await;
+
+    let mut high = download(
+        server.url("/bytes/200000?seed=42"),
+        Some(&dir.path().join("high.bin")),
+    );
+    high.priority = Some(Priority::Foreground);
+    let high = c.create("p", high).await;
+    let done = wait_completed(&mut c, high.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    let paused = c.task(low.id).await;
+    assert!(
+        !matches!(paused.state, TaskState::Completed { .. }),
+        "the lower task was paused, not finished first: {paused:?}"
+    );
+    let done = wait_completed(&mut c, low.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    assert_eq!(std::fs::read(&low_out).unwrap(), content(41, 0, n));
+    // It continued from its bytes: one of its later requests is a range from the middle.
+    let resumed = server
+        .requests()
+        .iter()
+        .filter(|r| r.query.contains("seed=41"))
+        .filter_map(|r| r.header("range").map(str::to_owned))
+        .any(|r| !r.starts_with("bytes=0-"));
+    assert!(
+        resumed,
+        "{:?}",
+        server
+            .requests()
+            .iter()
+            .map(|r| r.header("range"))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discretionary_tasks_wait_while_others_are_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    // Session "a" runs one task at a time, so its second task waits…
+    let one = SessionConfig {
+        max_concurrent: 1,
+        ..SessionConfig::default()
+    };
+    c.attach_with("a", one, false).await.unwrap();
+    c.request(ferry_proto::Request::Detach {
+        session: "a".into(),
+    })
+    .await
+    .unwrap();
+    let mut busy = download(
+        server.url("/bytes/1500000?seed=43&rate=1000000"),
+        Some(&dir.path().join("b")),
+    );
+    busy.connections = Some(1);
+    let busy = c.create("a", busy).await;
+    wait_bytes(&daemon, busy.id).await;
+    let queued = c
+        .create(
+            "a",
+            download(
+                server.url("/bytes/100?seed=45"),
+                Some(&dir.path().join("n")),
+            ),
+        )
+        .await;
+    // …and a discretionary task of another session, free to run by every limit, waits too.
+    let mut low = download(
+        server.url("/bytes/100?seed=44"),
+        Some(&dir.path().join("low")),
+    );
+    low.priority = Some(Priority::Low);
+    let low = c.create("b", low).await;
+    wait_completed(&mut c, queued.id).await;
+    wait_completed(&mut c, low.id).await;
+    let order: Vec<u64> = server
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            r.query
+                .split('&')
+                .find_map(|p| p.strip_prefix("seed=")?.parse().ok())
+        })
+        .collect();
+    let pos = |seed| order.iter().position(|s| *s == seed).unwrap();
+    assert!(
+        pos(45) < pos(44),
+        "the discretionary task waited for the queued one: {order:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_host_limit_holds_across_sessions_and_other_hosts_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let config = SessionConfig {
+        max_per_host: 1,
+        ..SessionConfig::default()
+    };
+    for s in ["h1", "h2"] {
+        c.attach_with(s, config.clone(), false).await.unwrap();
+        c.request(ferry_proto::Request::Detach { session: s.into() })
+            .await
+            .unwrap();
+    }
+    let mut first = download(
+        server.url("/bytes/1500000?seed=46&rate=1000000"),
+        Some(&dir.path().join("1")),
+    );
+    first.connections = Some(1);
+    let first = c.create("h1", first).await;
+    wait_bytes(&daemon, first.id).await;
+    let same_host = c
+        .create(
+            "h2",
+            download(
+                server.url("/bytes/100?seed=47"),
+                Some(&dir.path().join("2")),
+            ),
+        )
+        .await;
+    let other = server
+        .url("/bytes/100?seed=48")
+        .replace("127.0.0.1", "localhost");
+    let other_host = c
+        .create("h2", download(other, Some(&dir.path().join("3"))))
+        .await;
+    wait_completed(&mut c, other_host.id).await;
+    let waiting = c.task(same_host.id).await;
+    assert_eq!(
+        waiting.state,
+        TaskState::Running {
+            phase: RunPhase::Waiting
+        },
+        "127.0.0.1 is busy with the first task"
+    );
+    wait_completed(&mut c, first.id).await;
+    let done = wait_completed(&mut c, same_host.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn earliest_begin_holds_a_task_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let begin = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 2;
+    let mut later = download(
+        server.url("/bytes/100?seed=49"),
+        Some(&dir.path().join("later")),
+    );
+    later.earliest_begin = Some(begin);
+    let later = c.create("e", later).await;
+    let now = c
+        .create(
+            "e",
+            download(
+                server.url("/bytes/100?seed=50"),
+                Some(&dir.path().join("now")),
+            ),
+        )
+        .await;
+    wait_completed(&mut c, now.id).await;
+    assert_eq!(
+        c.task(later.id).await.state,
+        TaskState::Running {
+            phase: RunPhase::Waiting
+        }
+    );
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| !r.query.contains("seed=49"))
+    );
+    wait_completed(&mut c, later.id).await;
+    let finished_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(finished_at >= begin);
+}
