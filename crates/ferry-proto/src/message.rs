@@ -97,11 +97,25 @@ pub enum Request {
         /// The download.
         request: DownloadRequest,
     },
-    /// Lists tasks, of one session or of all.
+    /// Creates many downloads in one transaction (bulk enqueue); all or none.
+    CreateDownloads {
+        /// The session the tasks belong to.
+        session: String,
+        /// The downloads.
+        requests: Vec<DownloadRequest>,
+    },
+    /// Lists tasks, of one session or of all, in id order, a page at a time: a page holds at
+    /// most `limit` tasks and always fits in a frame; `next` in the answer continues it.
     ListTasks {
         /// Only this session's tasks.
         #[serde(default)]
         session: Option<String>,
+        /// Only tasks with a greater id (the previous page's `next`).
+        #[serde(default)]
+        after: Option<TaskId>,
+        /// At most this many tasks (default and maximum 10,000).
+        #[serde(default)]
+        limit: Option<u32>,
     },
     /// Pauses a task, keeping its bytes (URLSession's `suspend`).
     Suspend {
@@ -205,6 +219,13 @@ pub enum Response {
     Tasks {
         /// The tasks.
         tasks: Vec<TaskInfo>,
+        /// When more tasks follow: pass this as `after` to get them.
+        next: Option<TaskId>,
+    },
+    /// Tasks created by `create_downloads`, in the order asked.
+    Created {
+        /// Their ids.
+        ids: Vec<TaskId>,
     },
     /// The daemon's status.
     Status {

@@ -60,7 +60,12 @@ pub async fn handle(ctx: &Context, peer: &Peer, id: u64, request: Request) -> Op
         }
         Request::Ack { session, seq } => ack(ctx, session, seq).await,
         Request::CreateDownload { session, request } => create(ctx, session, request).await,
-        Request::ListTasks { session } => list(ctx, session).await,
+        Request::ListTasks {
+            session,
+            after,
+            limit,
+        } => list(ctx, session, after, limit).await,
+        Request::CreateDownloads { session, requests } => create_many(ctx, session, requests).await,
         Request::Suspend { task } => control(ctx, task, ctx.scheduler.suspend(task).await).await,
         Request::Resume { task } => control(ctx, task, ctx.scheduler.resume(task).await).await,
         Request::Cancel { task } => {
@@ -286,6 +291,49 @@ async fn create(
     Ok(Response::Task { task: row.info() })
 }
 
+/// Bulk enqueue: every request validated first, then all inserted in one transaction.
+async fn create_many(
+    ctx: &Context,
+    session: String,
+    requests: Vec<DownloadRequest>,
+) -> Result<Response, ErrorInfo> {
+    check_session(&session)?;
+    for (i, request) in requests.iter().enumerate() {
+        validate(request).map_err(|mut e| {
+            e.message = format!("request {i}: {}", e.message);
+            e
+        })?;
+    }
+    let ids = ctx
+        .store
+        .write(move |c| {
+            sessions::ensure(c, &session)?;
+            refuse_if_invalidating(c, &session)?;
+            let config = sessions::config(c, &session)?.unwrap_or_default();
+            let mut ids = Vec::with_capacity(requests.len());
+            for request in requests {
+                let task = NewTask {
+                    priority: request.priority.unwrap_or(config.priority),
+                    state: if request.start {
+                        TaskState::Running {
+                            phase: ferry_proto::RunPhase::Waiting,
+                        }
+                    } else {
+                        TaskState::Suspended
+                    },
+                    session: session.clone(),
+                    request,
+                };
+                ids.push(tasks::insert(c, &task)?.id);
+            }
+            Ok((ids, Vec::new()))
+        })
+        .await
+        .map_err(creation_error)?;
+    ctx.scheduler.wake();
+    Ok(Response::Created { ids })
+}
+
 fn live(ctx: &Context, mut info: TaskInfo) -> TaskInfo {
     if let Some((done, total)) = ctx.scheduler.live_progress(info.id) {
         info.bytes_done = done;
@@ -294,11 +342,36 @@ fn live(ctx: &Context, mut info: TaskInfo) -> TaskInfo {
     info
 }
 
-async fn list(ctx: &Context, session: Option<String>) -> Result<Response, ErrorInfo> {
-    let rows = read(ctx, move |c| tasks::list(c, session.as_deref())).await?;
-    Ok(Response::Tasks {
-        tasks: rows.iter().map(|r| live(ctx, r.info())).collect(),
+/// Largest page of `list_tasks`, and the bytes of task JSON a page may hold, so that it always
+/// fits in a frame (a task with a 4 KiB tag and resume data is ~6 KiB).
+const MAX_PAGE: u32 = 10_000;
+const PAGE_BYTES: usize = ferry_proto::frame::MAX_FRAME_LEN - 64 * 1024;
+
+async fn list(
+    ctx: &Context,
+    session: Option<String>,
+    after: Option<u64>,
+    limit: Option<u32>,
+) -> Result<Response, ErrorInfo> {
+    let limit = limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let rows = read(ctx, move |c| {
+        tasks::page(c, session.as_deref(), after.unwrap_or(0), limit + 1)
     })
+    .await?;
+    let mut tasks = Vec::new();
+    let mut bytes = 0;
+    let mut next = None;
+    for (i, row) in rows.iter().enumerate() {
+        let info = live(ctx, row.info());
+        let size = serde_json::to_vec(&info).map_or(0, |v| v.len() + 1);
+        if i == limit as usize || bytes + size > PAGE_BYTES {
+            next = tasks.last().map(|t: &TaskInfo| t.id);
+            break;
+        }
+        bytes += size;
+        tasks.push(info);
+    }
+    Ok(Response::Tasks { tasks, next })
 }
 
 async fn control(

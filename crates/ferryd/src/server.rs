@@ -88,7 +88,22 @@ async fn serve(stream: UnixStream, connection: u64, uid: u32, ctx: Arc<Context>)
                 *last = seq;
             }
             let closing = matches!(&frame, ServerFrame::Error { id: None, .. });
-            if write_frame(&mut writer, &frame).await.is_err() || closing {
+            let written = match write_frame(&mut writer, &frame).await {
+                // An answer too big for a frame becomes an error the client can act on.
+                Err(FrameError::TooLarge(len)) => {
+                    let id = match &frame {
+                        ServerFrame::Response { id, .. } => Some(*id),
+                        _ => None,
+                    };
+                    let error = ErrorInfo::new(
+                        "response_too_large",
+                        format!("the answer would take {len} bytes, more than a frame holds"),
+                    );
+                    write_frame(&mut writer, &ServerFrame::Error { id, error }).await
+                }
+                other => other,
+            };
+            if written.is_err() || closing {
                 break;
             }
         }

@@ -183,9 +183,24 @@ pub fn get(conn: &Connection, id: u64) -> Result<Option<TaskRow>, StoreError> {
 
 /// Tasks of a session, or all, in id order.
 pub fn list(conn: &Connection, session: Option<&str>) -> Result<Vec<TaskRow>, StoreError> {
+    page(conn, session, 0, u32::MAX)
+}
+
+/// Up to `limit` tasks with ids above `after`, of a session or all, in id order.
+pub fn page(
+    conn: &Connection,
+    session: Option<&str>,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<TaskRow>, StoreError> {
+    let (after, limit) = (to_i64(after), i64::from(limit));
     match session {
-        Some(s) => query(conn, "WHERE session = ?1 ORDER BY id", [s]),
-        None => query(conn, "ORDER BY id", []),
+        Some(s) => query(
+            conn,
+            "WHERE session = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            (s, after, limit),
+        ),
+        None => query(conn, "WHERE id > ?1 ORDER BY id LIMIT ?2", (after, limit)),
     }
 }
 

@@ -218,15 +218,28 @@ impl Client {
         }
     }
 
+    /// Every task (following `next` through the pages).
     pub async fn tasks(&mut self, session: Option<&str>) -> Vec<TaskInfo> {
-        match self
-            .request(Request::ListTasks {
-                session: session.map(str::to_owned),
-            })
-            .await
-        {
-            Ok(Response::Tasks { tasks }) => tasks,
-            other => panic!("{other:?}"),
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            match self
+                .request(Request::ListTasks {
+                    session: session.map(str::to_owned),
+                    after,
+                    limit: None,
+                })
+                .await
+            {
+                Ok(Response::Tasks { tasks, next }) => {
+                    all.extend(tasks);
+                    match next {
+                        Some(n) => after = Some(n),
+                        None => return all,
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 

@@ -286,3 +286,67 @@ async fn invalidate_and_cancel_cancels_everything_then_says_so() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_creation_and_paged_listing_of_thousands_of_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    // 3,000 suspended tasks with 4 KiB tags: far more than one frame can list.
+    let tag = "t".repeat(4096);
+    let mut created = Vec::new();
+    for batch in 0..15 {
+        let requests = (0..200)
+            .map(|i| {
+                let mut r = download(format!("http://127.0.0.1:9/{batch}/{i}"), None);
+                r.start = false;
+                r.tag = Some(tag.clone());
+                r
+            })
+            .collect();
+        let Response::Created { ids } = c
+            .request(Request::CreateDownloads {
+                session: "bulk".into(),
+                requests,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(ids.len(), 200);
+        created.extend(ids);
+    }
+    let listed: Vec<u64> = c.tasks(Some("bulk")).await.iter().map(|t| t.id).collect();
+    assert_eq!(
+        listed, created,
+        "every task, once, in id order, across pages"
+    );
+
+    let Response::Tasks { tasks, next } = c
+        .request(Request::ListTasks {
+            session: Some("bulk".into()),
+            after: None,
+            limit: Some(7),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(tasks.len(), 7);
+    assert_eq!(next, Some(tasks[6].id));
+
+    // One bad request: nothing of the batch is created, and the error says which.
+    let mut bad = vec![download("http://h/ok".into(), None); 3];
+    bad[1].url = "gopher://h/x".into();
+    let err = c
+        .request(Request::CreateDownloads {
+            session: "bulk".into(),
+            requests: bad,
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message.starts_with("request 1:"), "{}", err.message);
+    assert_eq!(c.tasks(Some("bulk")).await.len(), 3000);
+}
