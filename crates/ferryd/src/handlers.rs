@@ -265,29 +265,10 @@ async fn create(
 ) -> Result<Response, ErrorInfo> {
     check_session(&session)?;
     validate(&request)?;
-    let row = ctx
-        .store
-        .write(move |c| {
-            sessions::ensure(c, &session)?;
-            refuse_if_invalidating(c, &session)?;
-            let config = sessions::config(c, &session)?.unwrap_or_default();
-            let task = NewTask {
-                priority: request.priority.unwrap_or(config.priority),
-                state: if request.start {
-                    TaskState::Running {
-                        phase: ferry_proto::RunPhase::Waiting,
-                    }
-                } else {
-                    TaskState::Suspended
-                },
-                session,
-                request,
-            };
-            Ok((tasks::insert(c, &task)?, Vec::new()))
-        })
-        .await
-        .map_err(creation_error)?;
-    ctx.scheduler.wake();
+    let row = insert_tasks(ctx, session, vec![request])
+        .await?
+        .pop()
+        .ok_or_else(|| ErrorInfo::new("internal", "the task was not created"))?;
     Ok(Response::Task { task: row.info() })
 }
 
@@ -304,34 +285,51 @@ async fn create_many(
             e
         })?;
     }
-    let ids = ctx
+    let rows = insert_tasks(ctx, session, requests).await?;
+    Ok(Response::Created {
+        ids: rows.iter().map(|r| r.id).collect(),
+    })
+}
+
+/// Inserts validated requests into the session (created if needed) in one transaction.
+async fn insert_tasks(
+    ctx: &Context,
+    session: String,
+    requests: Vec<DownloadRequest>,
+) -> Result<Vec<TaskRow>, ErrorInfo> {
+    let rows = ctx
         .store
         .write(move |c| {
             sessions::ensure(c, &session)?;
             refuse_if_invalidating(c, &session)?;
             let config = sessions::config(c, &session)?.unwrap_or_default();
-            let mut ids = Vec::with_capacity(requests.len());
+            let mut rows = Vec::with_capacity(requests.len());
             for request in requests {
                 let task = NewTask {
                     priority: request.priority.unwrap_or(config.priority),
-                    state: if request.start {
-                        TaskState::Running {
-                            phase: ferry_proto::RunPhase::Waiting,
-                        }
-                    } else {
-                        TaskState::Suspended
-                    },
+                    state: initial_state(request.start),
                     session: session.clone(),
                     request,
                 };
-                ids.push(tasks::insert(c, &task)?.id);
+                rows.push(tasks::insert(c, &task)?);
             }
-            Ok((ids, Vec::new()))
+            Ok((rows, Vec::new()))
         })
         .await
         .map_err(creation_error)?;
     ctx.scheduler.wake();
-    Ok(Response::Created { ids })
+    Ok(rows)
+}
+
+/// A new task waits to run, or stays suspended until `resume`.
+fn initial_state(start: bool) -> TaskState {
+    if start {
+        TaskState::Running {
+            phase: ferry_proto::RunPhase::Waiting,
+        }
+    } else {
+        TaskState::Suspended
+    }
 }
 
 fn live(ctx: &Context, mut info: TaskInfo) -> TaskInfo {
@@ -494,9 +492,7 @@ async fn from_resume_data(
                 c,
                 &NewTask {
                     priority: request.priority.unwrap_or(config.priority),
-                    state: TaskState::Running {
-                        phase: ferry_proto::RunPhase::Waiting,
-                    },
+                    state: initial_state(true),
                     session,
                     request,
                 },
