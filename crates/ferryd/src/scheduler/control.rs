@@ -1,0 +1,195 @@
+//! Control requests: suspend, resume, cancel, terminate, and the same for groups.
+
+use super::end::{Cancellation, cancel_job};
+use super::*;
+
+impl Scheduler {
+    /// Pauses a task, keeping its bytes.
+    pub async fn suspend(&self, task: u64) -> Result<(), ControlError> {
+        if let Some(finished) = self.stop_running(task, Stop::Suspend) {
+            finished.cancelled().await;
+            return Ok(());
+        }
+        let moved = self
+            .store
+            .write(move |c| {
+                Ok((
+                    tasks::transition(c, task, &[WAITING], TaskState::Suspended, None)?,
+                    Vec::new(),
+                ))
+            })
+            .await?;
+        self.refuse_unless(moved, task, "suspend", &[TaskState::Suspended])
+    }
+
+    /// Starts or continues a suspended task.
+    pub async fn resume(&self, task: u64) -> Result<(), ControlError> {
+        let moved = self
+            .store
+            .write(move |c| {
+                Ok((
+                    tasks::transition(c, task, &[TaskState::Suspended], WAITING, None)?,
+                    Vec::new(),
+                ))
+            })
+            .await?;
+        self.wake();
+        let mut already = ACTIVE.to_vec();
+        already.push(WAITING);
+        self.refuse_unless(moved, task, "resume", &already)
+    }
+
+    /// Cancels a task. With `keep`, a download with bytes gets resume data (its staging file
+    /// moves to the resume area); otherwise its bytes are deleted.
+    pub async fn cancel(
+        &self,
+        task: u64,
+        reason: CancelReason,
+        keep: bool,
+    ) -> Result<(), ControlError> {
+        let moved = self.cancel_now(task, reason, keep).await?;
+        self.refuse_unless(moved, task, "cancel", &[])
+    }
+
+    /// Cancels the task wherever it is; false if it had already completed (or is unknown).
+    async fn cancel_now(
+        &self,
+        task: u64,
+        reason: CancelReason,
+        keep: bool,
+    ) -> Result<bool, StoreError> {
+        // A task the scheduler starts meanwhile is caught on the next pass.
+        for _ in 0..3 {
+            if let Some(finished) = self.stop_running(task, Stop::Cancel { reason, keep }) {
+                finished.cancelled().await;
+                return Ok(true);
+            }
+            let (keeper, staging) = (self.keeper.clone(), self.layout.staging(task));
+            let moved = self
+                .store
+                .write(move |c| {
+                    let checkpoint = tasks::checkpoint(c, task)?;
+                    let order = Cancellation {
+                        keep,
+                        reason,
+                        checkpoint,
+                    };
+                    cancel_job(
+                        c,
+                        &keeper,
+                        &staging,
+                        task,
+                        &[WAITING, TaskState::Suspended],
+                        order,
+                    )
+                })
+                .await?;
+            if moved {
+                let _ = std::fs::remove_file(self.layout.staging(task));
+                return Ok(true);
+            }
+            if !self.running().contains_key(&task) {
+                return Ok(false);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The user force-quits a session (SPEC §6): every unfinished task completes `cancelled`
+    /// with reason `user_terminated`, keeping resume data where there are bytes.
+    pub async fn terminate(&self, session: &str) -> Result<usize, StoreError> {
+        let name = session.to_owned();
+        let unfinished = self
+            .store
+            .write(move |c| {
+                tasks::mark_terminated(c, &name)?;
+                let ids: Vec<u64> = tasks::list(c, Some(&name))?
+                    .into_iter()
+                    .filter(|t| !matches!(t.state, TaskState::Completed { .. }))
+                    .map(|t| t.id)
+                    .collect();
+                Ok((ids, Vec::new()))
+            })
+            .await?;
+        let mut cancelled = 0;
+        for task in unfinished {
+            if self
+                .cancel_now(task, CancelReason::UserTerminated, true)
+                .await?
+            {
+                cancelled += 1;
+            }
+        }
+        Ok(cancelled)
+    }
+
+    /// Applies `action` to every task of a group it fits; tasks in another state are left.
+    pub async fn control_group(
+        &self,
+        session: &str,
+        group: &str,
+        action: GroupAction,
+    ) -> Result<(), StoreError> {
+        let (s, g) = (session.to_owned(), group.to_owned());
+        let members = self.store.read(move |c| tasks::group(c, &s, &g))?;
+        for task in members {
+            let done = match (action, task.state) {
+                (_, TaskState::Completed { .. }) => continue,
+                (GroupAction::Suspend, TaskState::Running { .. }) => self.suspend(task.id).await,
+                (GroupAction::Resume, TaskState::Suspended) => self.resume(task.id).await,
+                (GroupAction::Cancel, _) => self.cancel(task.id, CancelReason::Client, false).await,
+                _ => continue,
+            };
+            match done {
+                Ok(()) | Err(ControlError::Refused(_)) => {}
+                Err(ControlError::Store(e)) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_running(&self, task: u64, stop: Stop) -> Option<CancellationToken> {
+        let running = self.running();
+        let r = running.get(&task)?;
+        set_stop(&r.stop, stop);
+        r.cancel.cancel();
+        Some(r.finished.clone())
+    }
+
+    /// Turns "the conditional update matched nothing" into the right answer: fine if the task
+    /// is already where it was asked to go, else unknown task or wrong state.
+    fn refuse_unless(
+        &self,
+        moved: bool,
+        task: u64,
+        verb: &str,
+        already_fine: &[TaskState],
+    ) -> Result<(), ControlError> {
+        if moved {
+            return Ok(());
+        }
+        let row = self.store.read(|c| tasks::get(c, task))?;
+        match row {
+            None => Err(ControlError::Refused(ErrorInfo::new(
+                "unknown_task",
+                format!("there is no task {task}"),
+            ))),
+            Some(row) if already_fine.contains(&row.state) => Ok(()),
+            Some(row) => Err(ControlError::Refused(ErrorInfo::new(
+                "invalid_state",
+                format!("cannot {verb} task {task}: it is {}", row.state.name()),
+            ))),
+        }
+    }
+}
+
+/// What to do to a whole group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupAction {
+    /// Suspend its unfinished tasks.
+    Suspend,
+    /// Resume its suspended tasks.
+    Resume,
+    /// Cancel its unfinished tasks.
+    Cancel,
+}

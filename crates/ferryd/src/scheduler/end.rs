@@ -1,0 +1,185 @@
+//! Recording how a run ended, and cancellation with or without resume data.
+
+use super::*;
+
+impl Scheduler {
+    /// Records how a run ended: state, checkpoint, files and events, in one transaction.
+    pub(super) async fn record_end(
+        &self,
+        row: &TaskRow,
+        result: Result<Downloaded, EndError>,
+        stopped: Option<Stop>,
+    ) {
+        let (id, session, tag) = (row.id, row.session.clone(), row.request.tag.clone());
+        let staging = self.layout.staging(id);
+        let end = match result {
+            Ok(done) => End::Succeeded(done),
+            Err(EndError::Engine(failure)) => match (stopped, failure.error.kind()) {
+                (Some(stop), ferry_engine::ErrorKind::Cancelled) => End::Stopped(stop, failure),
+                _ => End::Failed(failure.checkpoint.clone(), error_info(&failure.error)),
+            },
+            Err(EndError::Setup(error)) => End::Failed(None, error),
+        };
+        if let End::Stopped(Stop::Cancel { reason, keep }, failure) = end {
+            let (keeper, path) = (self.keeper.clone(), staging.clone());
+            let cancelled = self
+                .store
+                .write(move |c| {
+                    let order = Cancellation {
+                        keep,
+                        reason,
+                        checkpoint: failure.checkpoint,
+                    };
+                    cancel_job(c, &keeper, &path, id, &ACTIVE, order)
+                })
+                .await;
+            if let Err(e) = cancelled {
+                tracing::error!(task = id, error = %e, "could not record a cancellation");
+            }
+            let _ = std::fs::remove_file(staging);
+            return;
+        }
+        let remove_staging = matches!(&end, End::Failed(_, e) if e.code != "no_space");
+        let written = self
+            .store
+            .write(move |c| {
+                let tag = tag.as_deref();
+                let mut events = Vec::new();
+                match end {
+                    End::Succeeded(done) => {
+                        tasks::transition(c, id, &ACTIVE, succeeded(), None)?;
+                        let location = done.path.to_string_lossy().into_owned();
+                        tasks::set_finished(c, id, &location, done.bytes, done.final_url.as_str())?;
+                        tasks::delete_checkpoint(c, id)?;
+                        events.push(tasks::journal_append(
+                            c,
+                            &session,
+                            Some(id),
+                            tag,
+                            Event::FinishedDownloading { location },
+                        )?);
+                        events.push(tasks::journal_append(
+                            c,
+                            &session,
+                            Some(id),
+                            tag,
+                            Event::Completed {
+                                outcome: Outcome::Succeeded,
+                                status: Some(done.status),
+                            },
+                        )?);
+                        events.extend(tasks::after_completion(c, id)?);
+                    }
+                    End::Failed(checkpoint, error) => {
+                        tasks::transition(c, id, &ACTIVE, failed(), Some(&error))?;
+                        match checkpoint {
+                            Some(cp) if error.code == "no_space" => {
+                                tasks::save_checkpoint(c, id, &cp)?
+                            }
+                            _ => tasks::delete_checkpoint(c, id)?,
+                        }
+                        events.push(tasks::journal_append(
+                            c,
+                            &session,
+                            Some(id),
+                            tag,
+                            Event::Completed {
+                                status: error.status,
+                                outcome: Outcome::Failed { error },
+                            },
+                        )?);
+                        events.extend(tasks::after_completion(c, id)?);
+                    }
+                    End::Stopped(stop, failure) => {
+                        // Cancellations were handled above: this run pauses.
+                        let to = match stop {
+                            Stop::Shutdown | Stop::Preempt => WAITING,
+                            _ => TaskState::Suspended,
+                        };
+                        tasks::transition(c, id, &ACTIVE, to, None)?;
+                        match failure.checkpoint {
+                            Some(cp) => tasks::save_checkpoint(c, id, &cp)?,
+                            None => tasks::delete_checkpoint(c, id)?,
+                        }
+                    }
+                }
+                Ok(((), events))
+            })
+            .await;
+        if let Err(e) = written {
+            tracing::error!(task = id, error = %e, "could not record the end of a task");
+        }
+        if remove_staging {
+            let _ = std::fs::remove_file(staging);
+        }
+    }
+}
+
+/// How a task is to be cancelled.
+pub(super) struct Cancellation {
+    pub(super) keep: bool,
+    pub(super) reason: CancelReason,
+    pub(super) checkpoint: Option<ferry_engine::Checkpoint>,
+}
+
+/// Runs in the writer: completes task `id` as cancelled if it is in one of `from`, with resume
+/// data when asked and there are bytes. Returns whether it moved, and its `completed` event.
+pub(super) fn cancel_job(
+    c: &rusqlite::Connection,
+    keeper: &Keeper,
+    staging: &std::path::Path,
+    id: u64,
+    from: &[TaskState],
+    order: Cancellation,
+) -> Result<(bool, Vec<EventFrame>), StoreError> {
+    let Some(row) = tasks::get(c, id)? else {
+        return Ok((false, Vec::new()));
+    };
+    if !tasks::transition(c, id, from, cancelled(), None)? {
+        return Ok((false, Vec::new()));
+    }
+    tasks::delete_checkpoint(c, id)?;
+    let resume_data = match order.checkpoint {
+        Some(cp) if order.keep && cp.bytes() > 0 && staging.exists() => {
+            match keeper.keep(staging, &row.request, cp) {
+                Ok(blob) => {
+                    tasks::set_resume_data(c, id, &blob)?;
+                    Some(blob)
+                }
+                Err(e) => {
+                    tracing::warn!(task = id, error = %e, "could not keep the bytes for resume data");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let event = tasks::journal_append(
+        c,
+        &row.session,
+        Some(id),
+        row.request.tag.as_deref(),
+        Event::Completed {
+            outcome: Outcome::Cancelled {
+                reason: order.reason,
+                resume_data,
+            },
+            status: None,
+        },
+    )?;
+    let mut events = vec![event];
+    events.extend(tasks::after_completion(c, id)?);
+    Ok((true, events))
+}
+
+/// Why a run produced no file.
+pub(super) enum EndError {
+    Engine(Failure),
+    Setup(ErrorInfo),
+}
+
+enum End {
+    Succeeded(Downloaded),
+    Failed(Option<ferry_engine::Checkpoint>, ErrorInfo),
+    Stopped(Stop, Failure),
+}
