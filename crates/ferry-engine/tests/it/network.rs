@@ -214,3 +214,46 @@ async fn a_shared_limit_caps_concurrent_transfers_together() {
         start.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_proxy_is_used_for_https_urls_unless_no_proxy_matches() {
+    let tls = TestServer::start_tls().unwrap();
+    let root = tls.cert_pem().unwrap().into_bytes();
+    let env = Env::with_server(tls);
+    let engine = |no_proxy: Option<&str>| {
+        Engine::new(&ClientConfig {
+            proxy: ProxyConfig {
+                http: None,
+                // Nothing listens on port 9: a request that uses this proxy cannot succeed.
+                https: Some("http://127.0.0.1:9".into()),
+                no_proxy: no_proxy.map(str::to_owned),
+            },
+            extra_roots_pem: vec![root.clone()],
+            ..ClientConfig::default()
+        })
+        .unwrap()
+    };
+    let mut spec = env.spec("/bytes/1000?seed=55");
+    spec.retry.max_attempts = Some(1);
+    let env = Env {
+        engine: engine(None),
+        ..env
+    };
+    let (result, _) = env.run(&spec).await;
+    assert_eq!(
+        result.unwrap_err().error.kind().code(),
+        "connection",
+        "went to the proxy"
+    );
+    assert!(env.server.requests().is_empty());
+
+    let env = Env {
+        engine: engine(Some("127.0.0.1")),
+        ..env
+    };
+    let (result, _) = env.run(&spec).await;
+    assert_eq!(
+        std::fs::read(result.unwrap().path).unwrap(),
+        content(55, 1000)
+    );
+}

@@ -238,3 +238,135 @@ async fn earliest_begin_holds_a_task_back() {
         .as_secs() as i64;
     assert!(finished_at >= begin);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_errors_wait_and_retry_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    c.attach("r").await.unwrap();
+    // Nothing listens on port 9: unreachable, so the task waits in retry_wait, not failed.
+    let down = c
+        .create(
+            "r",
+            download(
+                "http://127.0.0.1:9/file".into(),
+                Some(&dir.path().join("d")),
+            ),
+        )
+        .await;
+    let e = c.next_journaled().await;
+    match &e.event {
+        ferry_proto::Event::Retrying {
+            attempt: 1, error, ..
+        } => assert_eq!(error.code, "connection"),
+        other => panic!("{other:?}"),
+    }
+    let t = c.task(down.id).await;
+    assert_eq!(
+        t.state,
+        TaskState::Running {
+            phase: RunPhase::RetryWait
+        }
+    );
+    assert_eq!(t.error.unwrap().code, "connection");
+    // A 503 once: retried, then it succeeds.
+    let ok = c
+        .create(
+            "r",
+            download(
+                server.url("/bytes/100?status=503&fail_times=1"),
+                Some(&dir.path().join("ok")),
+            ),
+        )
+        .await;
+    let done = wait_completed(&mut c, ok.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resource_timeout_fails_a_task_that_takes_too_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let config = SessionConfig {
+        resource_timeout_secs: 1,
+        ..SessionConfig::default()
+    };
+    c.attach_with("slow", config, false).await.unwrap();
+    let t = c
+        .create(
+            "slow",
+            download(
+                server.url("/bytes/5000000?rate=200000"),
+                Some(&dir.path().join("s")),
+            ),
+        )
+        .await;
+    let done = wait_completed(&mut c, t.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Failed
+        }
+    );
+    assert_eq!(done.error.unwrap().code, "timed_out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_rate_limit_applies_to_running_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    c.attach("rl").await.unwrap();
+    let n = 3_000_000u64;
+    let out = dir.path().join("rl.bin");
+    let mut req = download(
+        server.url(&format!("/bytes/{n}?seed=51&rate=1000000")),
+        Some(&out),
+    );
+    req.connections = Some(1);
+    let t = c.create("rl", req).await;
+    wait_bytes(&daemon, t.id).await;
+    // Limit the running transfer to 100 kB/s (the server sends 1 MB/s).
+    let limited = SessionConfig {
+        rate_limit: Some(100_000),
+        ..SessionConfig::default()
+    };
+    c.attach_with("rl", limited, false).await.unwrap();
+    let before = c.task(t.id).await.bytes_done;
+    let start = std::time::Instant::now();
+    // Measuring a rate takes time: let half a second pass.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let after = c.task(t.id).await.bytes_done;
+    // Whatever the machine's speed, no more than the rate allows (plus the limiter's burst
+    // and a chunk in flight) can have arrived; unlimited, ~500 kB would have.
+    let allowed = (100_000.0 * start.elapsed().as_secs_f64()) as u64 + 128 * 1024;
+    assert!(
+        after - before <= allowed,
+        "{} bytes in {:?}",
+        after - before,
+        start.elapsed()
+    );
+    // Lifted again, it finishes.
+    c.attach_with("rl", SessionConfig::default(), false)
+        .await
+        .unwrap();
+    let done = wait_completed(&mut c, t.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), content(51, 0, n));
+}

@@ -1,0 +1,531 @@
+#!/usr/bin/env bash
+# Daemon benchmark: ferryd with many small files and many tasks, over loopback.
+#
+#   bash bench/daemon.sh
+#
+# Environment (all optional):
+#   RUNS          runs per tool, small-files benchmark               (default 5)
+#   FILES         number of small files                              (default 2000)
+#   FILE_SIZE     bytes per small file                               (default 16384)
+#   TASKS         suspended tasks for the queue benchmark            (default 100000)
+#   LIST_RUNS     full listings timed in the queue benchmark         (default 3)
+#   NOSYNC        1: also run "ferry-nosync", a second daemon under eatmydata (fsync and
+#                 fdatasync become no-ops) - a diagnostic of what durability costs, not a
+#                 valid configuration; 0: skip it                      (default 1)
+#   PROFILE       1: after the timed runs, two extra ferry runs with `strace -f -c` and
+#                 `strace -f -c -w` attached to the daemon (not in the tables)  (default 1)
+#   BENCHES       which benchmarks, in order                         (default "small queue")
+#   WORKDIR       scratch folder; must not be tmpfs                  (default: mktemp -d under /var/tmp)
+#   KEEP_WORKDIR=1  keep the scratch folder at the end
+#
+# small: FILES files of FILE_SIZE random bytes served by nginx (sendfile, keepalive,
+#   keepalive_requests 10000, 1 worker) on 127.0.0.1. Tools: ferry (bench/daemon_client.py
+#   `many` against a ferryd started beforehand with FERRY_MAX_RUNNING=16, session config
+#   max_concurrent 16 / max_per_host 16), aria2c -j16 -x1, curl --parallel --parallel-max 16.
+#   Each run goes into a fresh empty folder; the order of the tools rotates by one each run;
+#   every output file's size and MD5 are checked after every run. Tables report medians.
+# queue: a fresh ferryd; TASKS suspended tasks created with create_downloads (batches of
+#   2000), then the daemon's VmRSS/VmHWM, then LIST_RUNS full listings (list_tasks, following
+#   `next`).
+#
+# Only 127.0.0.1 is used. nginx and the daemons are stopped by their recorded pids on exit.
+set -euo pipefail
+
+RUNS=${RUNS:-5}
+FILES=${FILES:-2000}
+FILE_SIZE=${FILE_SIZE:-16384}
+TASKS=${TASKS:-100000}
+LIST_RUNS=${LIST_RUNS:-3}
+NOSYNC=${NOSYNC:-1}
+PROFILE=${PROFILE:-1}
+BENCHES=${BENCHES:-small queue}
+KEEP_WORKDIR=${KEEP_WORKDIR:-0}
+
+die() { echo "bench: $*" >&2; exit 1; }
+log() { echo "bench: $*" >&2; }
+
+[[ $RUNS =~ ^[0-9]+$ && $RUNS -ge 1 && $RUNS -le 100 ]] || die "RUNS must be 1..100"
+[[ $FILES =~ ^[0-9]+$ && $FILES -ge 1 && $FILES -le 9999 ]] || die "FILES must be 1..9999"
+[[ $FILE_SIZE =~ ^[0-9]+$ && $FILE_SIZE -ge 1 ]] || die "FILE_SIZE must be a positive number"
+[[ $TASKS =~ ^[0-9]+$ && $TASKS -ge 1 ]] || die "TASKS must be a positive number"
+[[ $LIST_RUNS =~ ^[0-9]+$ && $LIST_RUNS -ge 1 && $LIST_RUNS -le 100 ]] || die "LIST_RUNS must be 1..100"
+for b in $BENCHES; do
+    case $b in small | queue) ;; *) die "unknown benchmark $b" ;; esac
+done
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CLIENT=$REPO/bench/daemon_client.py
+
+# --- tools ---------------------------------------------------------------------------------
+need_install=()
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_install+=(nginx-light)
+command -v aria2c >/dev/null 2>&1 || need_install+=(aria2)
+command -v curl >/dev/null 2>&1 || need_install+=(curl)
+[[ $NOSYNC != 1 ]] || command -v eatmydata >/dev/null 2>&1 || need_install+=(eatmydata)
+[[ $PROFILE != 1 ]] || command -v strace >/dev/null 2>&1 || need_install+=(strace)
+if ((${#need_install[@]})); then
+    log "installing ${need_install[*]}"
+    SUDO=()
+    [[ $(id -u) -eq 0 ]] || SUDO=(sudo -n)
+    "${SUDO[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${need_install[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+command -v python3 >/dev/null 2>&1 || die "python3 is needed"
+curl --help all 2>/dev/null | grep -q -- '--parallel-max' || die "this curl has no --parallel-max"
+for f in "$HOME/.curlrc" "$HOME/.aria2/aria2.conf"; do
+    [[ -e $f ]] && log "warning: $f exists and changes curl/aria2c's behaviour"
+done
+
+log "building ferryd (release)"
+(cd "$REPO" && cargo build --release --quiet -p ferryd -p ferry-cli -p ferry-testserver)
+
+# --- scratch folder --------------------------------------------------------------------------
+made_workdir=0
+if [[ -z ${WORKDIR:-} ]]; then
+    WORKDIR=$(mktemp -d /var/tmp/ferry-dbench.XXXXXX)
+    made_workdir=1
+elif [[ ! -d $WORKDIR ]]; then
+    mkdir -p "$WORKDIR"
+    made_workdir=1
+fi
+WORKDIR=$(cd "$WORKDIR" && pwd)
+fstype=$(df -T "$WORKDIR" | awk 'NR == 2 { print $2 }')
+[[ $fstype == tmpfs || $fstype == ramfs ]] &&
+    die "WORKDIR $WORKDIR is on $fstype; pick a folder on a real disk"
+
+NGINX_PID=
+DAEMON_PIDS=()
+STRACE_PID=
+stop_pid() { # PID NAME: TERM, wait up to 10 s, then KILL; only this pid.
+    local pid=$1 i
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && { log "$2 ($pid) ignored SIGTERM; killing it"; kill -KILL "$pid" 2>/dev/null || true; }
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$? p
+    trap - EXIT INT TERM
+    [[ -z $STRACE_PID ]] || stop_pid "$STRACE_PID" strace
+    for p in "${DAEMON_PIDS[@]}"; do stop_pid "$p" ferryd; done
+    stop_pid "$NGINX_PID" nginx
+    if [[ $KEEP_WORKDIR == 1 ]]; then
+        log "kept $WORKDIR"
+    elif [[ $made_workdir == 1 ]]; then
+        rm -rf "$WORKDIR"
+    else
+        rm -rf "$WORKDIR"/{bin,www,out,home-*,nginx,lists,results.tsv,cmd.err,time.txt,client.err,strace.txt}
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+BIN=$WORKDIR/bin
+WWW=$WORKDIR/www
+OUT=$WORKDIR/out
+NGX=$WORKDIR/nginx
+LISTS=$WORKDIR/lists
+RESULTS=$WORKDIR/results.tsv
+mkdir -p "$BIN" "$WWW/d" "$NGX" "$LISTS"
+: >"$RESULTS"
+chmod 755 "$WORKDIR" "$WWW" "$WWW/d" # nginx's worker runs as nobody when started by root
+
+# Copies, so a concurrent `cargo build` in the work tree cannot swap the binary mid-run.
+cp "$REPO/target/release/ferryd" "$BIN/"
+
+# Starts a ferryd with FERRY_HOME=$1 (extra words after it: a wrapper command such as
+# eatmydata); sets DAEMON_PID and DAEMON_SOCK.
+start_daemon() {
+    local home=$1
+    shift
+    mkdir -p "$home"
+    FERRY_HOME=$home FERRY_LOG=warn FERRY_MAX_RUNNING=16 "$@" "$BIN/ferryd" 2>>"$home.log" &
+    DAEMON_PID=$!
+    DAEMON_PIDS+=("$DAEMON_PID")
+    DAEMON_SOCK=$home/ferryd.sock
+    python3 "$CLIENT" wait --socket "$DAEMON_SOCK" --timeout 30 ||
+        die "ferryd did not come up (see $home.log): $(cat "$home.log")"
+    kill -0 "$DAEMON_PID" 2>/dev/null || die "ferryd exited: $(cat "$home.log")"
+}
+
+cpu_ticks() { # utime + stime of a process (all its threads), in clock ticks
+    awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# --- the machine -------------------------------------------------------------------------------
+ferry_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$REPO" status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+    ferry_rev="$ferry_rev (+ uncommitted changes in crates/)"
+fi
+blockdev=$(df --output=source "$WORKDIR" | awk 'NR == 2 { sub("/dev/", ""); print }')
+rota=$(cat "/sys/block/$blockdev/queue/rotational" 2>/dev/null || echo "?")
+echo "# ferryd benchmark: many small files, many tasks"
+echo
+echo "## Machine"
+echo
+echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "- nproc: $(nproc)"
+echo "- kernel: $(uname -r)"
+echo "- CPU: $(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
+echo "- memory: $(free -h | awk '/^Mem:/ { print $2 " total, " $7 " available" }')"
+echo "- disk: $(df -T "$WORKDIR" | awk 'NR == 2 { print $1 " " $2 }') (rotational=$rota), WORKDIR=$WORKDIR"
+echo "- curl: $(curl --version | head -1)"
+echo "- aria2c: $(aria2c --version | head -1)"
+echo "- nginx: $("$NGINX" -v 2>&1) (sendfile on, tcp_nopush on, keepalive_requests 10000, 1 worker)"
+echo "- python3: $(python3 --version 2>&1)"
+echo "- ferryd: git $ferry_rev (cargo --release)"
+echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- RUNS=$RUNS FILES=$FILES FILE_SIZE=$FILE_SIZE TASKS=$TASKS LIST_RUNS=$LIST_RUNS NOSYNC=$NOSYNC PROFILE=$PROFILE"
+echo
+
+# ================================================================================================
+# small: many small files
+# ================================================================================================
+bench_small() {
+    log "creating $FILES files of $FILE_SIZE random bytes"
+    python3 - "$WWW/d" "$FILES" "$FILE_SIZE" <<'PY'
+import hashlib, os, sys
+d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with open(os.path.join(d, "..", "manifest.md5"), "w") as m:
+    for i in range(n):
+        data = os.urandom(size)
+        with open(os.path.join(d, f"f{i:04d}"), "wb") as f:
+            f.write(data)
+        m.write(f"{hashlib.md5(data).hexdigest()}  f{i:04d}\n")
+PY
+    chmod 644 "$WWW"/d/*
+    cat "$WWW"/d/* >/dev/null # into the page cache
+    sync
+
+    local port
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mkdir -p "$NGX"/{body,proxy,fastcgi,uwsgi,scgi}
+    cat >"$NGX/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $NGX/nginx.pid;
+error_log $NGX/error.log warn;
+events { worker_connections 1024; }
+http {
+    log_format bench '\$connection \$connection_requests \$status \$body_bytes_sent';
+    access_log $NGX/access.log bench;
+    client_body_temp_path $NGX/body;
+    proxy_temp_path $NGX/proxy;
+    fastcgi_temp_path $NGX/fastcgi;
+    uwsgi_temp_path $NGX/uwsgi;
+    scgi_temp_path $NGX/scgi;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 65;
+    keepalive_requests 10000;
+    server {
+        listen 127.0.0.1:$port;
+        root $WWW;
+    }
+}
+EOF
+    "$NGINX" -e "$NGX/error.log" -p "$NGX" -c "$NGX/nginx.conf" -t -q || die "nginx rejected $NGX/nginx.conf"
+    "$NGINX" -e "$NGX/error.log" -p "$NGX" -c "$NGX/nginx.conf" &
+    NGINX_PID=$!
+    local base=http://127.0.0.1:$port/d i
+    for ((i = 0; ; i++)); do
+        curl -s -o /dev/null "$base/f0000" && break
+        ((i < 100)) || die "nginx did not answer on 127.0.0.1:$port (see $NGX/error.log)"
+        kill -0 "$NGINX_PID" 2>/dev/null || die "nginx exited: $(cat "$NGX/error.log")"
+        sleep 0.1
+    done
+    local nginx_worker
+    nginx_worker=$(pgrep -P "$NGINX_PID" | head -1 || true)
+
+    # Input lists: one per tool, all naming OUT/fNNNN.
+    python3 - "$LISTS" "$base" "$OUT" "$FILES" <<'PY'
+import os, sys
+lists, base, out, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+with open(os.path.join(lists, "urls.txt"), "w") as u, \
+     open(os.path.join(lists, "aria2.txt"), "w") as a, \
+     open(os.path.join(lists, "curl.cfg"), "w") as c:
+    for i in range(n):
+        url = f"{base}/f{i:04d}"
+        u.write(url + "\n")
+        a.write(f"{url}\n  out=f{i:04d}\n")
+        c.write(f'url = "{url}"\noutput = "{out}/f{i:04d}"\n')
+PY
+
+    # The daemons, started once, not timed.
+    start_daemon "$WORKDIR/home-ferry"
+    FERRY_DAEMON=$DAEMON_PID FERRY_SOCK=$DAEMON_SOCK
+    local tools=(ferry aria2c curl)
+    if [[ $NOSYNC == 1 ]]; then
+        start_daemon "$WORKDIR/home-nosync" eatmydata
+        NOSYNC_DAEMON=$DAEMON_PID NOSYNC_SOCK=$DAEMON_SOCK
+        tools=(ferry aria2c curl ferry-nosync)
+    fi
+
+    echo "## Small files: $FILES × $FILE_SIZE bytes, $RUNS runs per tool"
+    echo
+    echo "nginx on 127.0.0.1 ($base/fNNNN). Each run writes into a fresh empty OUT=$OUT."
+    echo "ferryd: FERRY_MAX_RUNNING=16, started before the runs (not timed), FERRY_HOME on the same file system as OUT."
+    echo
+    echo "Commands (timed from start to exit):"
+    echo
+    local t
+    for t in "${tools[@]}"; do
+        set_cmd "$t"
+        echo "    $t: $(show_cmd)"
+    done
+    echo
+    log "small files (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    local n=${#tools[@]} r k
+    for ((r = 1; r <= RUNS; r++)); do
+        for ((i = 0; i < n; i++)); do
+            k=$(((i + r - 1) % n))
+            timed_run "${tools[k]}" "$r" "$nginx_worker"
+        done
+    done
+    small_tables
+    if [[ $PROFILE == 1 ]]; then
+        profile_run
+    fi
+    echo "- load average after the small-files runs: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    stop_pid "$FERRY_DAEMON" ferryd
+    [[ $NOSYNC != 1 ]] || stop_pid "$NOSYNC_DAEMON" ferryd
+    DAEMON_PIDS=()
+    stop_pid "$NGINX_PID" nginx
+    NGINX_PID=
+}
+
+set_cmd() {
+    case $1 in
+    ferry) CMD=(python3 "$CLIENT" many --socket "$FERRY_SOCK" --urls "$LISTS/urls.txt" --out "$OUT") ;;
+    ferry-nosync) CMD=(python3 "$CLIENT" many --socket "$NOSYNC_SOCK" --urls "$LISTS/urls.txt" --out "$OUT") ;;
+    aria2c)
+        CMD=(aria2c -q -j16 -x1 -i "$LISTS/aria2.txt" -d "$OUT" --allow-overwrite=true
+            --file-allocation=none)
+        ;;
+    curl) CMD=(curl --parallel --parallel-max 16 -s -K "$LISTS/curl.cfg") ;;
+    *) die "unknown tool $1" ;;
+    esac
+}
+
+show_cmd() {
+    local s
+    s=$(printf '%q ' "${CMD[@]}")
+    echo "${s% }"
+}
+
+# Checks OUT: exactly FILES files, each FILE_SIZE bytes, each with the source's MD5.
+check_out() {
+    local tool=$1 run=$2 count good
+    count=$(find "$OUT" -mindepth 1 | wc -l)
+    good=$(find "$OUT" -maxdepth 1 -type f -size "${FILE_SIZE}c" | wc -l)
+    [[ $count == "$FILES" && $good == "$FILES" ]] ||
+        die "$tool run $run: OUT has $count entries, $good of them files of $FILE_SIZE bytes (expected $FILES)"
+    (cd "$OUT" && md5sum --quiet -c "$WWW/manifest.md5") >/dev/null 2>&1 ||
+        die "$tool run $run: MD5 mismatch in OUT"
+}
+
+timed_run() {
+    local tool=$1 run=$2 worker=$3 rc=0 t_wall t_user t_sys d0=0 d1=0 n0 n1 log0 conns bad daemon=
+    set_cmd "$tool"
+    rm -rf "$OUT"
+    mkdir -p "$OUT"
+    sync
+    case $tool in ferry) daemon=$FERRY_DAEMON ;; ferry-nosync) daemon=$NOSYNC_DAEMON ;; esac
+    [[ -z $daemon ]] || d0=$(cpu_ticks "$daemon")
+    n0=$(cpu_ticks "$worker")
+    log0=$(wc -l <"$NGX/access.log")
+    TIMEFORMAT='%3R %3U %3S'
+    { time "${CMD[@]}" >/dev/null 2>"$WORKDIR/cmd.err"; } 2>"$WORKDIR/time.txt" || rc=$?
+    [[ -z $daemon ]] || d1=$(cpu_ticks "$daemon")
+    n1=$(cpu_ticks "$worker")
+    if ((rc != 0)); then
+        log "$tool run $run failed (exit $rc): $(show_cmd)"
+        cat "$WORKDIR/cmd.err" >&2
+        exit 1
+    fi
+    read -r t_wall t_user t_sys <"$WORKDIR/time.txt"
+    check_out "$tool" "$run"
+    sleep 0.2 # nginx logs a request when it is done with it
+    conns=$(tail -n +$((log0 + 1)) "$NGX/access.log" | awk '{ print $1 }' | sort -u | wc -l)
+    bad=$(tail -n +$((log0 + 1)) "$NGX/access.log" | awk '$3 != 200' | wc -l)
+    local dcpu=- ncpu
+    [[ -z $daemon ]] || dcpu=$(awk -v a="$d0" -v b="$d1" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')
+    ncpu=$(awk -v a="$n0" -v b="$n1" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' small "$tool" "$run" "$t_wall" "$t_user" "$t_sys" \
+        "$dcpu" "$ncpu" "$conns/$bad" >>"$RESULTS"
+    printf '  run %d  %-12s %7.3f s wall  (client user %s s, sys %s s; daemon CPU %s s; nginx CPU %s s; %s connections, %s non-200) %s\n' \
+        "$run" "$tool" "$t_wall" "$t_user" "$t_sys" "$dcpu" "$ncpu" "$conns" "$bad" \
+        "$(grep -o 'attach_s.*' "$WORKDIR/cmd.err" || true)" >&2
+    rm -rf "$OUT"
+}
+
+small_tables() {
+    python3 - "$RESULTS" "$FILES" "$FILE_SIZE" <<'PY'
+import statistics, sys
+path, files, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
+rows = [r for r in rows if r[0] == "small"]
+tools, runs = [], {}
+for _, tool, run, wall, user, sys_, dcpu, ncpu, conns in rows:
+    if tool not in runs:
+        tools.append(tool)
+        runs[tool] = []
+    runs[tool].append(dict(run=int(run), wall=float(wall), user=float(user), sys=float(sys_),
+                           dcpu=None if dcpu == "-" else float(dcpu), ncpu=float(ncpu),
+                           conns=int(conns.split("/")[0])))
+med = {t: statistics.median(x["wall"] for x in runs[t]) for t in tools}
+
+def m(t, k):
+    v = [x[k] for x in runs[t] if x[k] is not None]
+    return statistics.median(v) if v else None
+
+def ratio(t, ref):
+    return f"{med[t] / med[ref]:.2f}" if ref in med else "-"
+
+print("| tool | median s | files/s | min s | max s | client CPU s (user+sys) | daemon CPU s | nginx CPU s | connections | ÷ curl | ÷ aria2c |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for t in tools:
+    ws = [x["wall"] for x in runs[t]]
+    d = m(t, "dcpu")
+    print(f"| {t} | {med[t]:.3f} | {files / med[t]:.0f} | {min(ws):.3f} | {max(ws):.3f} "
+          f"| {statistics.median(x['user'] + x['sys'] for x in runs[t]):.2f} "
+          f"| {'-' if d is None else f'{d:.2f}'} | {m(t, 'ncpu'):.2f} | {m(t, 'conns'):.0f} "
+          f"| {ratio(t, 'curl')} | {ratio(t, 'aria2c')} |")
+print()
+print("Medians over the runs; CPU columns are medians too. daemon CPU: ferryd's utime+stime during")
+print("the run (the client is Python). connections: distinct TCP connections in nginx's log.")
+print()
+print("Wall seconds per run (the order of the tools rotates by one each run):")
+print()
+n = max(len(v) for v in runs.values())
+print("| run | " + " | ".join(tools) + " |")
+print("|---|" + "---:|" * len(tools))
+for i in range(n):
+    cells = []
+    for t in tools:
+        w = [x["wall"] for x in runs[t] if x["run"] == i + 1]
+        cells.append(f"{w[0]:.3f}" if w else "-")
+    print(f"| {i + 1} | " + " | ".join(cells) + " |")
+print()
+
+def verdict(ok):
+    return "MET" if ok else "MISSED"
+
+if {"ferry", "aria2c", "curl"} <= med.keys():
+    a = med["ferry"] / med["aria2c"]
+    c = med["ferry"] / med["curl"]
+    print(f"- target ferry/aria2c ≤ 0.5 (2× faster): {med['ferry']:.3f} / {med['aria2c']:.3f} = {a:.2f} → **{verdict(a <= 0.5)}**")
+    print(f"- target ferry/curl ≤ 2.0: {med['ferry']:.3f} / {med['curl']:.3f} = {c:.2f} → **{verdict(c <= 2.0)}**")
+if "ferry-nosync" in med:
+    print(f"- diagnostic: ferry-nosync (ferryd under eatmydata: no fsync/fdatasync) {med['ferry-nosync']:.3f} s = "
+          f"{med['ferry-nosync'] / med['ferry']:.2f}× ferry, {ratio('ferry-nosync', 'aria2c')}× aria2c, {ratio('ferry-nosync', 'curl')}× curl")
+print()
+PY
+}
+
+# Two extra ferry runs with strace counting the daemon's system calls (not in the tables):
+# `-c` (system CPU time per call) and `-c -w` (wall time inside each call, summed over threads).
+profile_run() {
+    local mode t0 t1 flags
+    echo "### Where ferryd's time goes: strace of the daemon during extra runs"
+    echo
+    echo "Not in the tables: strace slows every system call. \`strace -f -c\` counts system CPU time per"
+    echo "call; \`strace -f -c -w\` counts wall time spent inside each call, summed over all threads"
+    echo "(so idle threads waiting in futex/epoll_wait dominate its total)."
+    echo
+    for mode in cpu wall; do
+        flags=(-f -c)
+        [[ $mode == wall ]] && flags+=(-w)
+        log "profile: one ferry run with strace ${flags[*]} attached to ferryd ($FERRY_DAEMON)"
+        rm -rf "$OUT"
+        mkdir -p "$OUT"
+        sync
+        strace "${flags[@]}" -p "$FERRY_DAEMON" -o "$WORKDIR/strace.txt" 2>/dev/null &
+        STRACE_PID=$!
+        sleep 1 # attach to every thread
+        t0=$(date +%s.%N)
+        set_cmd ferry
+        "${CMD[@]}" >/dev/null 2>"$WORKDIR/cmd.err" || die "profiled ferry run failed: $(cat "$WORKDIR/cmd.err")"
+        t1=$(date +%s.%N)
+        check_out ferry-profiled 0
+        kill -INT "$STRACE_PID" 2>/dev/null || true
+        wait "$STRACE_PID" 2>/dev/null || true
+        STRACE_PID=
+        rm -rf "$OUT"
+        echo "\`strace ${flags[*]} -p <ferryd>\`, run wall time under strace $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }') s:"
+        echo
+        echo '```'
+        head -n 22 "$WORKDIR/strace.txt"
+        echo '```'
+        echo
+    done
+}
+
+# ================================================================================================
+# queue: many suspended tasks
+# ================================================================================================
+bench_queue() {
+    start_daemon "$WORKDIR/home-queue"
+    local pid=$DAEMON_PID sock=$DAEMON_SOCK rss0 enq rss1 hwm1 i res lists=() rss2 hwm2 db wal
+    rss0=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
+    log "queue: enqueueing $TASKS suspended tasks"
+    enq=$(python3 "$CLIENT" enqueue --socket "$sock" --count "$TASKS")
+    rss1=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
+    hwm1=$(awk '/^VmHWM/ { print $2 }' "/proc/$pid/status")
+    for ((i = 1; i <= LIST_RUNS; i++)); do
+        res=$(python3 "$CLIENT" list --socket "$sock" --expect "$TASKS")
+        log "  listing $i: $res"
+        lists+=("$(sed -n 's/.*list_s=\([0-9.]*\).*/\1/p' <<<"$res")")
+    done
+    rss2=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
+    hwm2=$(awk '/^VmHWM/ { print $2 }' "/proc/$pid/status")
+    db=$(stat -c %s "$WORKDIR/home-queue/ferry.db")
+    wal=$(stat -c %s "$WORKDIR/home-queue/ferry.db-wal" 2>/dev/null || echo 0)
+    echo "## Queue: $TASKS suspended tasks"
+    echo
+    echo "A fresh ferryd (FERRY_MAX_RUNNING=16)."
+    echo
+    echo "    python3 bench/daemon_client.py enqueue --socket SOCK --count $TASKS   # create_downloads, batches of 2000, start: false"
+    echo "    python3 bench/daemon_client.py list --socket SOCK --expect $TASKS     # list_tasks following next, $LIST_RUNS times"
+    echo
+    python3 - "$enq" "$res" "$rss0" "$rss1" "$hwm1" "$rss2" "$hwm2" "$db" "$wal" "$TASKS" "${lists[@]}" <<'PY'
+import statistics, sys
+enq, last, rss0, rss1, hwm1, rss2, hwm2, db, wal, tasks = sys.argv[1:11]
+lists = [float(x) for x in sys.argv[11:]]
+kv = dict(w.split("=", 1) for w in enq.split())
+lv = dict(w.split("=", 1) for w in last.split())
+mib = lambda kb: int(kb) / 1024
+print("| measure | value |")
+print("|---|---:|")
+print(f"| enqueue {tasks} (wall) | {float(kv['enqueue_s']):.2f} s ({kv['per_s']} tasks/s; slowest batch {kv['slowest_batch_s']} s) |")
+print(f"| daemon VmRSS idle, before enqueue | {mib(rss0):.1f} MiB |")
+print(f"| daemon VmRSS after enqueue | {mib(rss1):.1f} MiB (VmHWM {mib(hwm1):.1f} MiB) |")
+print(f"| daemon VmRSS after the listings | {mib(rss2):.1f} MiB (VmHWM {mib(hwm2):.1f} MiB) |")
+print(f"| full listing (median of {len(lists)}) | {statistics.median(lists):.3f} s ({lv['pages']} pages; runs: {', '.join(f'{x:.3f}' for x in lists)}) |")
+print(f"| ferry.db + ferry.db-wal | {int(db) / 2**20:.1f} MiB + {int(wal) / 2**20:.1f} MiB |")
+print()
+hwm = max(mib(hwm1), mib(hwm2))
+ok_rss = hwm <= 200
+med = statistics.median(lists)
+print(f"- target daemon RSS ≤ 200 MiB: peak VmHWM {hwm:.1f} MiB → **{'MET' if ok_rss else 'MISSED'}**")
+print(f"- target full listing < 2 s: median {med:.3f} s, slowest {max(lists):.3f} s → **{'MET' if max(lists) < 2 else 'MISSED'}**")
+print()
+PY
+    stop_pid "$pid" ferryd
+    DAEMON_PIDS=()
+}
+
+for b in $BENCHES; do
+    "bench_$b"
+done
+echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
