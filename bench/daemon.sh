@@ -14,6 +14,8 @@
 #                 valid configuration; 0: skip it                      (default 1)
 #   PROFILE       1: after the timed runs, two extra ferry runs with `strace -f -c` and
 #                 `strace -f -c -w` attached to the daemon (not in the tables)  (default 1)
+#   PERF          1: one more extra ferry run with `perf record -g` on the daemon, and the
+#                 top of `perf report` (needs perf; not in the tables)  (default 0)
 #   BENCHES       which benchmarks, in order                         (default "small queue")
 #   WORKDIR       scratch folder; must not be tmpfs                  (default: mktemp -d under /var/tmp)
 #   KEEP_WORKDIR=1  keep the scratch folder at the end
@@ -38,6 +40,7 @@ TASKS=${TASKS:-100000}
 LIST_RUNS=${LIST_RUNS:-3}
 NOSYNC=${NOSYNC:-1}
 PROFILE=${PROFILE:-1}
+PERF=${PERF:-0}
 BENCHES=${BENCHES:-small queue}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 
@@ -63,6 +66,7 @@ command -v aria2c >/dev/null 2>&1 || need_install+=(aria2)
 command -v curl >/dev/null 2>&1 || need_install+=(curl)
 [[ $NOSYNC != 1 ]] || command -v eatmydata >/dev/null 2>&1 || need_install+=(eatmydata)
 [[ $PROFILE != 1 ]] || command -v strace >/dev/null 2>&1 || need_install+=(strace)
+[[ $PERF != 1 ]] || command -v perf >/dev/null 2>&1 || die "PERF=1 needs perf (linux-perf)"
 if ((${#need_install[@]})); then
     log "installing ${need_install[*]}"
     SUDO=()
@@ -119,7 +123,7 @@ cleanup() {
     elif [[ $made_workdir == 1 ]]; then
         rm -rf "$WORKDIR"
     else
-        rm -rf "$WORKDIR"/{bin,www,out,home-*,nginx,lists,results.tsv,cmd.err,time.txt,client.err,strace.txt}
+        rm -rf "$WORKDIR"/{bin,www,out,home-*,nginx,lists,results.tsv,cmd.err,time.txt,client.err,strace.txt,perf.data}
     fi
     exit "$rc"
 }
@@ -295,6 +299,9 @@ PY
     if [[ $PROFILE == 1 ]]; then
         profile_run
     fi
+    if [[ $PERF == 1 ]]; then
+        perf_run
+    fi
     echo "- load average after the small-files runs: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
     stop_pid "$FERRY_DAEMON" ferryd
@@ -469,6 +476,39 @@ profile_run() {
         echo '```'
         echo
     done
+}
+
+# One extra ferry run with perf sampling the daemon (all threads, call graphs).
+perf_run() {
+    log "perf: one ferry run with perf record -g on ferryd ($FERRY_DAEMON)"
+    rm -rf "$OUT"
+    mkdir -p "$OUT"
+    sync
+    perf record -q -g -F 999 -p "$FERRY_DAEMON" -o "$WORKDIR/perf.data" 2>/dev/null &
+    STRACE_PID=$!
+    sleep 1
+    set_cmd ferry
+    "${CMD[@]}" >/dev/null 2>"$WORKDIR/cmd.err" || die "perf ferry run failed: $(cat "$WORKDIR/cmd.err")"
+    check_out ferry-perf 0
+    kill -INT "$STRACE_PID" 2>/dev/null || true
+    wait "$STRACE_PID" 2>/dev/null || true
+    STRACE_PID=
+    rm -rf "$OUT"
+    echo "### perf: where ferryd's CPU goes (one extra run, \`perf record -g -F 999 -p <ferryd>\`)"
+    echo
+    echo "Self time by thread name (comm):"
+    echo
+    echo '```'
+    perf report -i "$WORKDIR/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 12
+    echo '```'
+    echo
+    echo "Self time by shared object and symbol (top 30):"
+    echo
+    echo '```'
+    perf report -i "$WORKDIR/perf.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 30
+    echo '```'
+    echo
+    rm -f "$WORKDIR/perf.data"
 }
 
 # ================================================================================================

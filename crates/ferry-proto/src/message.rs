@@ -288,7 +288,8 @@ pub struct SessionConfig {
     pub priority: Priority,
     /// Seconds without a byte before a transient `request_timeout`.
     pub request_timeout_secs: u64,
-    /// Seconds a task may take, retries included, before it fails `timed_out`.
+    /// Seconds a task may take from its first start — retries, pauses and daemon restarts
+    /// included — before it fails `timed_out`.
     pub resource_timeout_secs: u64,
     /// Headers sent with every request of the session.
     pub headers: Headers,

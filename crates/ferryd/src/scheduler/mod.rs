@@ -378,18 +378,19 @@ impl Scheduler {
             .store
             .write(move |c| {
                 let moved = tasks::transition(c, id, &[WAITING], CONNECTING, None)?;
-                let checkpoint = if moved {
-                    tasks::checkpoint(c, id)?
-                } else {
-                    None
-                };
-                Ok(((moved, checkpoint), Vec::new()))
+                if !moved {
+                    return Ok((None, Vec::new()));
+                }
+                let started_at = tasks::mark_started(c, id)?;
+                Ok((Some((tasks::checkpoint(c, id)?, started_at)), Vec::new()))
             })
             .await?;
-        let (true, checkpoint) = moved else {
+        let Some((checkpoint, started_at)) = moved else {
             return Ok(false);
         };
-        let spec = match self.spec(&row, &config, checkpoint) {
+        // The resource timeout counts from the first start, across pauses and restarts.
+        let spent = u64::try_from(crate::store::now() - started_at).unwrap_or(0);
+        let spec = match self.spec(&row, &config, checkpoint, spent) {
             Ok(spec) => spec,
             Err(error) => {
                 // A request that cannot even be built fails at once, with its events.
@@ -442,6 +443,7 @@ impl Scheduler {
         row: &TaskRow,
         config: &SessionConfig,
         checkpoint: Option<ferry_engine::Checkpoint>,
+        spent_secs: u64,
     ) -> Result<DownloadSpec, ErrorInfo> {
         let request = &row.request;
         let destination = match &request.destination {
@@ -483,7 +485,8 @@ impl Scheduler {
         }
         spec.limits = limits;
         spec.request_timeout = Duration::from_secs(config.request_timeout_secs.max(1));
-        spec.resource_timeout = Some(Duration::from_secs(config.resource_timeout_secs.max(1)));
+        let left = config.resource_timeout_secs.saturating_sub(spent_secs);
+        spec.resource_timeout = Some(Duration::from_secs(left).max(Duration::from_millis(1)));
         spec.checkpoint_interval = self.config.checkpoint_interval;
         Ok(spec)
     }

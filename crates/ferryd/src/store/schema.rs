@@ -62,4 +62,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE sessions ADD COLUMN invalidating INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 5: when a task first started, for the resource timeout across pauses and restarts.
+    r#"
+    ALTER TABLE tasks ADD COLUMN started_at INTEGER;
+    "#,
 ];

@@ -243,6 +243,16 @@ pub fn transition(
     Ok(changed == 1)
 }
 
+/// Marks the task started (the first time only) and returns when it first started.
+pub fn mark_started(conn: &Connection, id: u64) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
+        "UPDATE tasks SET started_at = COALESCE(started_at, ?2) WHERE id = ?1 \
+         RETURNING started_at",
+        (to_i64(id), now()),
+        |r| r.get(0),
+    )?)
+}
+
 /// Stores the engine's checkpoint and the byte counts it implies.
 pub fn save_checkpoint(
     conn: &Connection,

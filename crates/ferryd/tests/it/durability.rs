@@ -187,3 +187,48 @@ async fn client_killed_mid_transfer_gets_everything_on_reattach() {
         "nothing twice"
     );
 }
+
+/// The resource timeout counts from the task's first start, across daemon restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resource_timeout_spans_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let home = dir.path().join("home");
+    let mut daemon = Daemon::start(&home).await;
+    let mut c = daemon.client().await;
+    let config = ferry_proto::SessionConfig {
+        resource_timeout_secs: 3,
+        ..Default::default()
+    };
+    c.attach_with("rt", config, false).await.unwrap();
+    // 500 kB at 200 kB/s: 2.5 s, within 3 s if it ran in one go.
+    let mut req = download(
+        server.url("/bytes/500000?rate=200000"),
+        Some(&dir.path().join("rt")),
+    );
+    req.connections = Some(1);
+    let t = c.create("rt", req).await;
+    let started = std::time::Instant::now();
+    let socket = daemon.socket();
+    wait_until(|| {
+        let socket = socket.clone();
+        async move { Client::connect(&socket).await.task(t.id).await.bytes_done > 100_000 }
+    })
+    .await;
+    drop(c);
+    assert!(daemon.terminate().success());
+    // The daemon stays down until the task's 3 s are over.
+    while started.elapsed() < std::time::Duration::from_millis(3_100) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let daemon = Daemon::start(&home).await;
+    let mut c = daemon.client().await;
+    let done = wait_completed(&mut c, t.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Failed
+        }
+    );
+    assert_eq!(done.error.unwrap().code, "timed_out");
+}
