@@ -40,12 +40,16 @@ pub struct DaemonConfig {
 }
 
 impl DaemonConfig {
-    /// From the environment: `FERRY_HOME`, and for tests and tuning
-    /// `FERRY_CHECKPOINT_MS` (checkpoint interval) and `FERRY_MAX_RUNNING`.
+    /// From the environment: `FERRY_HOME`; `FERRY_RATE_LIMIT` (bytes per second for the whole
+    /// daemon); and for tests and tuning `FERRY_CHECKPOINT_MS` (checkpoint interval) and
+    /// `FERRY_MAX_RUNNING` (transfers at once).
     pub fn from_env() -> Result<DaemonConfig> {
         let mut scheduler = SchedulerConfig::default();
         if let Some(ms) = env_number("FERRY_CHECKPOINT_MS")? {
             scheduler.checkpoint_interval = Duration::from_millis(ms.max(10));
+        }
+        if let Some(rate) = env_number("FERRY_RATE_LIMIT")? {
+            scheduler.rate_limit = rate;
         }
         if let Some(n) = env_number("FERRY_MAX_RUNNING")? {
             scheduler.max_running = usize::try_from(n.max(1)).unwrap_or(usize::MAX);

@@ -370,3 +370,71 @@ async fn a_session_rate_limit_applies_to_running_transfers() {
     );
     assert_eq!(std::fs::read(&out).unwrap(), content(51, 0, n));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_wide_and_per_task_rate_limits_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start_env(
+        &dir.path().join("home"),
+        200,
+        &[("FERRY_RATE_LIMIT", "200000")],
+    )
+    .await;
+    let mut c = daemon.client().await;
+    // Two sessions share the daemon-wide 200 kB/s; a third task has its own 50 kB/s.
+    let a = c
+        .create(
+            "x",
+            download(
+                server.url("/bytes/3000000?seed=1"),
+                Some(&dir.path().join("a")),
+            ),
+        )
+        .await;
+    let b = c
+        .create(
+            "y",
+            download(
+                server.url("/bytes/3000000?seed=2"),
+                Some(&dir.path().join("b")),
+            ),
+        )
+        .await;
+    let mut slow = download(
+        server.url("/bytes/3000000?seed=3"),
+        Some(&dir.path().join("s")),
+    );
+    slow.rate_limit = Some(50_000);
+    let s = c.create("y", slow).await;
+    for id in [a.id, b.id, s.id] {
+        wait_bytes(&daemon, id).await;
+    }
+    let start = std::time::Instant::now();
+    let bytes = |tasks: &[ferry_proto::TaskInfo], id: u64| {
+        tasks.iter().find(|t| t.id == id).unwrap().bytes_done
+    };
+    let before = c.tasks(None).await;
+    assert!(
+        before
+            .iter()
+            .all(|t| matches!(t.state, TaskState::Running { .. })),
+        "limited, none can have finished yet: {before:?}"
+    );
+    // Measuring a rate takes time: let a second pass.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let after = c.tasks(None).await;
+    let secs = start.elapsed().as_secs_f64();
+    let gained = |id| bytes(&after, id) - bytes(&before, id);
+    let slack = 3 * 128 * 1024;
+    let total = gained(a.id) + gained(b.id) + gained(s.id);
+    assert!(
+        total <= (200_000.0 * secs) as u64 + slack,
+        "all together: {total} in {secs:.2}s"
+    );
+    assert!(
+        gained(s.id) <= (50_000.0 * secs) as u64 + 128 * 1024,
+        "the slow task: {}",
+        gained(s.id)
+    );
+}
