@@ -16,6 +16,11 @@
 #                 `strace -f -c -w` attached to the daemon (not in the tables)  (default 1)
 #   PERF          1: one more extra ferry run with `perf record -g` on the daemon, and the
 #                 top of `perf report` (needs perf; not in the tables)  (default 0)
+#   OUTPUTS       what happens to a run's output after its check: `aside` moves the folder
+#                 under WORKDIR/old (deleted at exit); `delete` removes it at once. With
+#                 `delete`, every later run allocates inodes among thousands of just-freed
+#                 ones, and ext4's allocator (find_inode_bit/recently_deleted) then burns
+#                 seconds of kernel time in every tool's open(O_CREAT)   (default aside)
 #   BENCHES       which benchmarks, in order                         (default "small queue")
 #   WORKDIR       scratch folder; must not be tmpfs                  (default: mktemp -d under /var/tmp)
 #   KEEP_WORKDIR=1  keep the scratch folder at the end
@@ -41,6 +46,7 @@ LIST_RUNS=${LIST_RUNS:-3}
 NOSYNC=${NOSYNC:-1}
 PROFILE=${PROFILE:-1}
 PERF=${PERF:-0}
+OUTPUTS=${OUTPUTS:-aside}
 BENCHES=${BENCHES:-small queue}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 
@@ -55,6 +61,7 @@ log() { echo "bench: $*" >&2; }
 for b in $BENCHES; do
     case $b in small | queue) ;; *) die "unknown benchmark $b" ;; esac
 done
+[[ $OUTPUTS == aside || $OUTPUTS == delete ]] || die "OUTPUTS must be aside or delete"
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CLIENT=$REPO/bench/daemon_client.py
@@ -123,7 +130,7 @@ cleanup() {
     elif [[ $made_workdir == 1 ]]; then
         rm -rf "$WORKDIR"
     else
-        rm -rf "$WORKDIR"/{bin,www,out,home-*,nginx,lists,results.tsv,cmd.err,time.txt,client.err,strace.txt,perf.data}
+        rm -rf "$WORKDIR"/{bin,www,out,old,home-*,nginx,lists,results.tsv,cmd.err,time.txt,client.err,strace.txt,perf.data,perf.txt}
     fi
     exit "$rc"
 }
@@ -162,6 +169,15 @@ start_daemon() {
 cpu_ticks() { # utime + stime of a process (all its threads), in clock ticks
     awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
+thread_ticks() { # PID NAME: utime + stime of the process's threads named NAME
+    local t sum=0 c
+    for t in /proc/"$1"/task/*; do
+        c=$(cat "$t/comm" 2>/dev/null) || continue
+        [[ $c == "$2" ]] || continue
+        sum=$((sum + $(awk '{ print $14 + $15 }' "$t/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$sum"
+}
 CLK_TCK=$(getconf CLK_TCK)
 
 # --- the machine -------------------------------------------------------------------------------
@@ -187,7 +203,7 @@ echo "- nginx: $("$NGINX" -v 2>&1) (sendfile on, tcp_nopush on, keepalive_reques
 echo "- python3: $(python3 --version 2>&1)"
 echo "- ferryd: git $ferry_rev (cargo --release)"
 echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "- RUNS=$RUNS FILES=$FILES FILE_SIZE=$FILE_SIZE TASKS=$TASKS LIST_RUNS=$LIST_RUNS NOSYNC=$NOSYNC PROFILE=$PROFILE"
+echo "- RUNS=$RUNS FILES=$FILES FILE_SIZE=$FILE_SIZE TASKS=$TASKS LIST_RUNS=$LIST_RUNS NOSYNC=$NOSYNC PROFILE=$PROFILE PERF=$PERF OUTPUTS=$OUTPUTS"
 echo
 
 # ================================================================================================
@@ -276,7 +292,8 @@ PY
 
     echo "## Small files: $FILES × $FILE_SIZE bytes, $RUNS runs per tool"
     echo
-    echo "nginx on 127.0.0.1 ($base/fNNNN). Each run writes into a fresh empty OUT=$OUT."
+    echo "nginx on 127.0.0.1 ($base/fNNNN). Each run writes into a fresh empty OUT=$OUT;"
+    echo "after its check the folder is $([[ $OUTPUTS == aside ]] && echo "moved aside (OUTPUTS=aside)" || echo "deleted (OUTPUTS=delete)")."
     echo "ferryd: FERRY_MAX_RUNNING=16, started before the runs (not timed), FERRY_HOME on the same file system as OUT."
     echo
     echo "Commands (timed from start to exit):"
@@ -348,12 +365,13 @@ timed_run() {
     mkdir -p "$OUT"
     sync
     case $tool in ferry) daemon=$FERRY_DAEMON ;; ferry-nosync) daemon=$NOSYNC_DAEMON ;; esac
-    [[ -z $daemon ]] || d0=$(cpu_ticks "$daemon")
+    local s0=0 s1=0
+    [[ -z $daemon ]] || { d0=$(cpu_ticks "$daemon"); s0=$(thread_ticks "$daemon" ferryd-store); }
     n0=$(cpu_ticks "$worker")
     log0=$(wc -l <"$NGX/access.log")
     TIMEFORMAT='%3R %3U %3S'
     { time "${CMD[@]}" >/dev/null 2>"$WORKDIR/cmd.err"; } 2>"$WORKDIR/time.txt" || rc=$?
-    [[ -z $daemon ]] || d1=$(cpu_ticks "$daemon")
+    [[ -z $daemon ]] || { d1=$(cpu_ticks "$daemon"); s1=$(thread_ticks "$daemon" ferryd-store); }
     n1=$(cpu_ticks "$worker")
     if ((rc != 0)); then
         log "$tool run $run failed (exit $rc): $(show_cmd)"
@@ -365,15 +383,25 @@ timed_run() {
     sleep 0.2 # nginx logs a request when it is done with it
     conns=$(tail -n +$((log0 + 1)) "$NGX/access.log" | awk '{ print $1 }' | sort -u | wc -l)
     bad=$(tail -n +$((log0 + 1)) "$NGX/access.log" | awk '$3 != 200' | wc -l)
-    local dcpu=- ncpu
+    local dcpu=- ncpu scpu=-
     [[ -z $daemon ]] || dcpu=$(awk -v a="$d0" -v b="$d1" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')
+    [[ -z $daemon ]] || scpu=$(awk -v a="$s0" -v b="$s1" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')
     ncpu=$(awk -v a="$n0" -v b="$n1" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' small "$tool" "$run" "$t_wall" "$t_user" "$t_sys" \
-        "$dcpu" "$ncpu" "$conns/$bad" >>"$RESULTS"
-    printf '  run %d  %-12s %7.3f s wall  (client user %s s, sys %s s; daemon CPU %s s; nginx CPU %s s; %s connections, %s non-200) %s\n' \
-        "$run" "$tool" "$t_wall" "$t_user" "$t_sys" "$dcpu" "$ncpu" "$conns" "$bad" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' small "$tool" "$run" "$t_wall" "$t_user" "$t_sys" \
+        "$dcpu" "$ncpu" "$conns/$bad" "$scpu" >>"$RESULTS"
+    printf '  run %d  %-12s %7.3f s wall  (client user %s s, sys %s s; daemon CPU %s s, store thread %s s; nginx CPU %s s; %s connections, %s non-200) %s\n' \
+        "$run" "$tool" "$t_wall" "$t_user" "$t_sys" "$dcpu" "$scpu" "$ncpu" "$conns" "$bad" \
         "$(grep -o 'attach_s.*' "$WORKDIR/cmd.err" || true)" >&2
-    rm -rf "$OUT"
+    drop_out "$tool.$run"
+}
+
+drop_out() { # NAME: move OUT aside (OUTPUTS=aside) or delete it
+    if [[ $OUTPUTS == aside ]]; then
+        mkdir -p "$WORKDIR/old"
+        mv "$OUT" "$WORKDIR/old/$1"
+    else
+        rm -rf "$OUT"
+    fi
 }
 
 small_tables() {
@@ -383,12 +411,13 @@ path, files, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
 rows = [r for r in rows if r[0] == "small"]
 tools, runs = [], {}
-for _, tool, run, wall, user, sys_, dcpu, ncpu, conns in rows:
+for _, tool, run, wall, user, sys_, dcpu, ncpu, conns, scpu in rows:
     if tool not in runs:
         tools.append(tool)
         runs[tool] = []
     runs[tool].append(dict(run=int(run), wall=float(wall), user=float(user), sys=float(sys_),
                            dcpu=None if dcpu == "-" else float(dcpu), ncpu=float(ncpu),
+                           scpu=None if scpu == "-" else float(scpu),
                            conns=int(conns.split("/")[0])))
 med = {t: statistics.median(x["wall"] for x in runs[t]) for t in tools}
 
@@ -399,18 +428,20 @@ def m(t, k):
 def ratio(t, ref):
     return f"{med[t] / med[ref]:.2f}" if ref in med else "-"
 
-print("| tool | median s | files/s | min s | max s | client CPU s (user+sys) | daemon CPU s | nginx CPU s | connections | ÷ curl | ÷ aria2c |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| tool | median s | files/s | min s | max s | client CPU s (user+sys) | daemon CPU s | store thread CPU s | nginx CPU s | connections | ÷ curl | ÷ aria2c |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for t in tools:
     ws = [x["wall"] for x in runs[t]]
     d = m(t, "dcpu")
+    sc = m(t, "scpu")
     print(f"| {t} | {med[t]:.3f} | {files / med[t]:.0f} | {min(ws):.3f} | {max(ws):.3f} "
           f"| {statistics.median(x['user'] + x['sys'] for x in runs[t]):.2f} "
-          f"| {'-' if d is None else f'{d:.2f}'} | {m(t, 'ncpu'):.2f} | {m(t, 'conns'):.0f} "
+          f"| {'-' if d is None else f'{d:.2f}'} | {'-' if sc is None else f'{sc:.2f}'} | {m(t, 'ncpu'):.2f} | {m(t, 'conns'):.0f} "
           f"| {ratio(t, 'curl')} | {ratio(t, 'aria2c')} |")
 print()
 print("Medians over the runs; CPU columns are medians too. daemon CPU: ferryd's utime+stime during")
-print("the run (the client is Python). connections: distinct TCP connections in nginx's log.")
+print("the run (the client is Python); store thread: its `ferryd-store` (SQLite writer) thread alone.")
+print("connections: distinct TCP connections in nginx's log (the most requests that were ever in flight at once).")
 print()
 print("Wall seconds per run (the order of the tools rotates by one each run):")
 print()
@@ -468,7 +499,7 @@ profile_run() {
         kill -INT "$STRACE_PID" 2>/dev/null || true
         wait "$STRACE_PID" 2>/dev/null || true
         STRACE_PID=
-        rm -rf "$OUT"
+        drop_out "strace-$mode"
         echo "\`strace ${flags[*]} -p <ferryd>\`, run wall time under strace $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }') s:"
         echo
         echo '```'
@@ -484,7 +515,7 @@ perf_run() {
     rm -rf "$OUT"
     mkdir -p "$OUT"
     sync
-    perf record -q -g -F 999 -p "$FERRY_DAEMON" -o "$WORKDIR/perf.data" 2>/dev/null &
+    perf record -q -g -F 999 -p "$FERRY_DAEMON" -o "$WORKDIR/perf.data" 2>"$WORKDIR/perf.err" &
     STRACE_PID=$!
     sleep 1
     set_cmd ferry
@@ -493,22 +524,24 @@ perf_run() {
     kill -INT "$STRACE_PID" 2>/dev/null || true
     wait "$STRACE_PID" 2>/dev/null || true
     STRACE_PID=
-    rm -rf "$OUT"
+    drop_out perf
     echo "### perf: where ferryd's CPU goes (one extra run, \`perf record -g -F 999 -p <ferryd>\`)"
     echo
     echo "Self time by thread name (comm):"
     echo
     echo '```'
-    perf report -i "$WORKDIR/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 12
+    perf report -i "$WORKDIR/perf.data" --no-children --sort comm --stdio -g none >"$WORKDIR/perf.txt" 2>>"$WORKDIR/perf.err" || log "perf report failed: $(tail -3 "$WORKDIR/perf.err")"
+    grep -v -e '^#' -e '^$' "$WORKDIR/perf.txt" | sed -n 1,12p
     echo '```'
     echo
     echo "Self time by shared object and symbol (top 30):"
     echo
     echo '```'
-    perf report -i "$WORKDIR/perf.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 30
+    perf report -i "$WORKDIR/perf.data" --no-children --sort dso,sym --stdio -g none >"$WORKDIR/perf.txt" 2>/dev/null || true
+    grep -v -e '^#' -e '^$' "$WORKDIR/perf.txt" | sed -n 1,30p
     echo '```'
     echo
-    rm -f "$WORKDIR/perf.data"
+    rm -f "$WORKDIR/perf.data" "$WORKDIR/perf.txt"
 }
 
 # ================================================================================================
