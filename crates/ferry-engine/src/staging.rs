@@ -23,16 +23,25 @@ pub(crate) struct Staging {
 
 impl Staging {
     pub fn open(path: &Path) -> Result<Staging, Error> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+        };
+        // The folder usually exists: create it only when the open says it is missing.
+        let file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| Error::io("create folder", dir, e))?;
+                }
+                open()
+            }
+            other => other,
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| Error::io("open staging file", path, e))?;
+        .map_err(|e| Error::io("open staging file", path, e))?;
         Ok(Staging {
             file: Arc::new(file),
             path: Arc::new(path.to_owned()),
