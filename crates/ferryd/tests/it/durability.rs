@@ -101,12 +101,7 @@ async fn sigterm_checkpoints_and_a_restart_continues() {
     req.connections = Some(1);
     let mut c = daemon.client().await;
     let t = c.create("s", req).await;
-    let socket = daemon.socket();
-    wait_until(|| {
-        let socket = socket.clone();
-        async move { Client::connect(&socket).await.task(t.id).await.bytes_done > 300_000 }
-    })
-    .await;
+    daemon.wait_for_bytes(t.id, 300_000).await;
     drop(c);
     let status = daemon.terminate();
     assert!(status.success(), "{status:?}");
@@ -209,12 +204,7 @@ async fn the_resource_timeout_spans_restarts() {
     req.connections = Some(1);
     let t = c.create("rt", req).await;
     let started = std::time::Instant::now();
-    let socket = daemon.socket();
-    wait_until(|| {
-        let socket = socket.clone();
-        async move { Client::connect(&socket).await.task(t.id).await.bytes_done > 100_000 }
-    })
-    .await;
+    daemon.wait_for_bytes(t.id, 100_000).await;
     drop(c);
     assert!(daemon.terminate().success());
     // The daemon stays down until the task's 3 s are over.

@@ -85,6 +85,16 @@ impl Daemon {
     pub async fn client(&self) -> Client {
         Client::connect(&self.socket()).await
     }
+
+    /// Polls (on fresh connections) until `task` has more than `bytes` bytes.
+    pub async fn wait_for_bytes(&self, task: u64, bytes: u64) {
+        let socket = self.socket();
+        wait_until(|| {
+            let socket = socket.clone();
+            async move { Client::connect(&socket).await.task(task).await.bytes_done > bytes }
+        })
+        .await;
+    }
 }
 
 impl Drop for Daemon {

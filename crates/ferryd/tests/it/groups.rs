@@ -183,13 +183,7 @@ async fn a_group_limit_runs_its_tasks_one_at_a_time() {
     wait_completed(&mut c, free.id).await;
     for (i, id) in ids.iter().enumerate() {
         // While task i runs, the later ones wait.
-        let socket = daemon.socket();
-        let id = *id;
-        wait_until(|| {
-            let socket = socket.clone();
-            async move { Client::connect(&socket).await.task(id).await.bytes_done > 0 }
-        })
-        .await;
+        daemon.wait_for_bytes(*id, 0).await;
         let tasks = c.tasks(Some("lim")).await;
         let running: Vec<_> = tasks
             .iter()
@@ -200,7 +194,7 @@ async fn a_group_limit_runs_its_tasks_one_at_a_time() {
             let t = tasks.iter().find(|t| t.id == *later).unwrap();
             assert_eq!(t.bytes_done, 0, "task {later} started while {id} ran");
         }
-        let done = wait_completed(&mut c, id).await;
+        let done = wait_completed(&mut c, *id).await;
         assert_eq!(
             done.state,
             TaskState::Completed {

@@ -3,16 +3,7 @@
 use ferry_proto::{CancelReason, Event, Outcome, OutcomeKind, Request, Response, TaskState};
 use ferry_testserver::{TestServer, content};
 
-use crate::fixture::{Client, Daemon, download, wait_completed, wait_until};
-
-async fn wait_for_bytes(daemon: &Daemon, task: u64, bytes: u64) {
-    let socket = daemon.socket();
-    wait_until(|| {
-        let socket = socket.clone();
-        async move { Client::connect(&socket).await.task(task).await.bytes_done > bytes }
-    })
-    .await;
-}
+use crate::fixture::{Client, Daemon, download, wait_completed};
 
 async fn from_blob(
     c: &mut Client,
@@ -45,7 +36,7 @@ async fn terminate_cancels_with_resume_data_that_continues_the_download() {
     let mut idle = download(server.url("/bytes/100"), Some(&dir.path().join("never")));
     idle.start = false;
     let never_started = c.create("app", idle).await;
-    wait_for_bytes(&daemon, running.id, 400_000).await;
+    daemon.wait_for_bytes(running.id, 400_000).await;
 
     c.request(Request::Terminate {
         session: "app".into(),
@@ -140,7 +131,7 @@ async fn resume_data_survives_a_daemon_restart() {
     );
     req.connections = Some(2);
     let t = c.create("s", req).await;
-    wait_for_bytes(&daemon, t.id, 300_000).await;
+    daemon.wait_for_bytes(t.id, 300_000).await;
     let Response::Task { task } = c
         .request(Request::CancelWithResumeData { task: t.id })
         .await
@@ -174,7 +165,7 @@ async fn tampered_truncated_or_foreign_resume_data_is_refused() {
     );
     req.connections = Some(1);
     let t = c.create("s", req).await;
-    wait_for_bytes(&daemon, t.id, 100_000).await;
+    daemon.wait_for_bytes(t.id, 100_000).await;
     let Response::Task { task } = c
         .request(Request::CancelWithResumeData { task: t.id })
         .await

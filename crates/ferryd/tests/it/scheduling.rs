@@ -4,16 +4,7 @@
 use ferry_proto::{OutcomeKind, Priority, RunPhase, SessionConfig, TaskState};
 use ferry_testserver::{TestServer, content};
 
-use crate::fixture::{Client, Daemon, download, wait_completed, wait_until};
-
-async fn wait_bytes(daemon: &Daemon, id: u64) {
-    let socket = daemon.socket();
-    wait_until(|| {
-        let socket = socket.clone();
-        async move { Client::connect(&socket).await.task(id).await.bytes_done > 0 }
-    })
-    .await;
-}
+use crate::fixture::{Daemon, download, wait_completed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_higher_priority_pauses_a_lower_one_which_resumes_after() {
@@ -31,7 +22,7 @@ async fn a_higher_priority_pauses_a_lower_one_which_resumes_after() {
     low.connections = Some(1);
     low.priority = Some(Priority::Normal);
     let low = c.create("p", low).await;
-    wait_bytes(&daemon, low.id).await;
+    daemon.wait_for_bytes(low.id, 0).await;
 
     let mut high = download(
         server.url("/bytes/200000?seed=42"),
@@ -100,7 +91,7 @@ async fn discretionary_tasks_wait_while_others_are_waiting() {
     );
     busy.connections = Some(1);
     let busy = c.create("a", busy).await;
-    wait_bytes(&daemon, busy.id).await;
+    daemon.wait_for_bytes(busy.id, 0).await;
     let queued = c
         .create(
             "a",
@@ -157,7 +148,7 @@ async fn the_per_host_limit_holds_across_sessions_and_other_hosts_go_on() {
     );
     first.connections = Some(1);
     let first = c.create("h1", first).await;
-    wait_bytes(&daemon, first.id).await;
+    daemon.wait_for_bytes(first.id, 0).await;
     let same_host = c
         .create(
             "h2",
@@ -336,7 +327,7 @@ async fn a_session_rate_limit_applies_to_running_transfers() {
     );
     req.connections = Some(1);
     let t = c.create("rl", req).await;
-    wait_bytes(&daemon, t.id).await;
+    daemon.wait_for_bytes(t.id, 0).await;
     // Limit the running transfer to 100 kB/s (the server sends 1 MB/s).
     let limited = SessionConfig {
         rate_limit: Some(100_000),
@@ -408,7 +399,7 @@ async fn daemon_wide_and_per_task_rate_limits_hold() {
     slow.rate_limit = Some(50_000);
     let s = c.create("y", slow).await;
     for id in [a.id, b.id, s.id] {
-        wait_bytes(&daemon, id).await;
+        daemon.wait_for_bytes(id, 0).await;
     }
     let start = std::time::Instant::now();
     let bytes = |tasks: &[ferry_proto::TaskInfo], id: u64| {
