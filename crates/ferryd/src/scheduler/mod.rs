@@ -74,6 +74,9 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// Waiting tasks read per session and round.
+const WAITING_PER_SESSION: usize = 64;
+
 /// Why a running task is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -292,11 +295,21 @@ impl Scheduler {
     /// the lowest such task (which waits again, with its checkpoint) — one per round.
     async fn schedule(self: &Arc<Self>) -> Result<(), StoreError> {
         let store = self.store.clone();
-        let (candidates, configs) = tokio::task::spawn_blocking(move || {
-            store.read(|c| Ok((tasks::waiting(c, 4096)?, sessions::all(c)?)))
+        let (mut candidates, configs) = tokio::task::spawn_blocking(move || {
+            store.read(|c| {
+                let sessions = sessions::all(c)?;
+                // A few more than can start from each session: a deep queue in one session
+                // costs nothing here and cannot hide another session's tasks.
+                let mut waiting = Vec::new();
+                for (id, _) in &sessions {
+                    waiting.extend(tasks::waiting(c, id, WAITING_PER_SESSION)?);
+                }
+                Ok((waiting, sessions))
+            })
         })
         .await
         .map_err(|e| StoreError::Unusable(e.to_string()))??;
+        candidates.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.id));
         let configs: HashMap<String, SessionConfig> = configs.into_iter().collect();
         let now = crate::store::now();
         let due = |row: &TaskRow| row.request.earliest_begin.is_none_or(|t| t <= now);
@@ -309,6 +322,7 @@ impl Scheduler {
             load.add(&r.session, r.group.as_deref(), &r.host);
         }
         let mut preempted = false;
+        let mut starting = Vec::new();
         for row in candidates {
             if !due(&row)
                 || (row.priority == Priority::Low && urgent_waiting)
@@ -339,10 +353,12 @@ impl Scheduler {
             {
                 continue;
             }
-            let (session, group) = (row.session.clone(), row.request.group.clone());
-            if self.start(row, config, host.clone()).await? {
-                load.add(&session, group.as_deref(), &host);
-            }
+            load.add(&row.session, row.request.group.as_deref(), &host);
+            starting.push(self.start(row, config, host));
+        }
+        // Started together, their first writes share a commit.
+        for started in futures_util::future::join_all(starting).await {
+            started?;
         }
         Ok(())
     }

@@ -66,4 +66,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tasks ADD COLUMN started_at INTEGER;
     "#,
+    // 6: the scheduler reads each session's next waiting tasks.
+    r#"
+    CREATE INDEX tasks_waiting_by_session ON tasks(session, state, priority DESC, id);
+    "#,
 ];

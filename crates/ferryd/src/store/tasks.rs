@@ -204,12 +204,12 @@ pub fn page(
     }
 }
 
-/// Waiting tasks, highest priority first, then oldest.
-pub fn waiting(conn: &Connection, limit: usize) -> Result<Vec<TaskRow>, StoreError> {
+/// A session's next waiting tasks, highest priority first, then oldest.
+pub fn waiting(conn: &Connection, session: &str, limit: usize) -> Result<Vec<TaskRow>, StoreError> {
     query(
         conn,
-        "WHERE state = 'waiting' ORDER BY priority DESC, id LIMIT ?1",
-        [to_i64(limit as u64)],
+        "WHERE session = ?1 AND state = 'waiting' ORDER BY priority DESC, id LIMIT ?2",
+        (session, to_i64(limit as u64)),
     )
 }
 
