@@ -19,6 +19,11 @@ impl Scheduler {
                 ))
             })
             .await?;
+        if !moved && let Some(finished) = self.stop_running(task, Stop::Suspend) {
+            // It started between the two looks.
+            finished.cancelled().await;
+            return Ok(());
+        }
         self.refuse_unless(moved, task, "suspend", &[TaskState::Suspended])
     }
 

@@ -390,31 +390,8 @@ impl Scheduler {
         host: String,
     ) -> Result<bool, StoreError> {
         let id = row.id;
-        let moved = self
-            .store
-            .write(move |c| {
-                let moved = tasks::transition(c, id, &[WAITING], CONNECTING, None)?;
-                if !moved {
-                    return Ok((None, Vec::new()));
-                }
-                let started_at = tasks::mark_started(c, id)?;
-                Ok((Some((tasks::checkpoint(c, id)?, started_at)), Vec::new()))
-            })
-            .await?;
-        let Some((checkpoint, started_at)) = moved else {
-            return Ok(false);
-        };
-        // The resource timeout counts from the first start, across pauses and restarts.
-        let spent = u64::try_from(crate::store::now() - started_at).unwrap_or(0);
-        let spec = match self.spec(&row, &config, checkpoint, spent) {
-            Ok(spec) => spec,
-            Err(error) => {
-                // A request that cannot even be built fails at once, with its events.
-                self.record_end(&row, Err(EndError::Setup(error)), None)
-                    .await;
-                return Ok(true);
-            }
-        };
+        // Registered before the state changes: a suspend or cancel that arrives while the task
+        // is being started finds it here and stops it, instead of missing it.
         let running = Running {
             session: row.session.clone(),
             group: row.request.group.clone(),
@@ -425,13 +402,52 @@ impl Scheduler {
             progress: Arc::new(Progress::default()),
             finished: CancellationToken::new(),
         };
-        let (cancel, progress, finished) = (
+        let (cancel, progress, finished, stop) = (
             running.cancel.clone(),
             running.progress.clone(),
             running.finished.clone(),
+            running.stop.clone(),
         );
-        let stop = running.stop.clone();
         self.running().insert(id, running);
+        let unregister = || {
+            self.running().remove(&id);
+            finished.cancel();
+            self.wake();
+        };
+        let moved = self
+            .store
+            .write(move |c| {
+                let moved = tasks::transition(c, id, &[WAITING], CONNECTING, None)?;
+                if !moved {
+                    return Ok((None, Vec::new()));
+                }
+                let started_at = tasks::mark_started(c, id)?;
+                Ok((Some((tasks::checkpoint(c, id)?, started_at)), Vec::new()))
+            })
+            .await;
+        let (checkpoint, started_at) = match moved {
+            Ok(Some(moved)) => moved,
+            Ok(None) => {
+                unregister();
+                return Ok(false);
+            }
+            Err(e) => {
+                unregister();
+                return Err(e);
+            }
+        };
+        // The resource timeout counts from the first start, across pauses and restarts.
+        let spent = u64::try_from(crate::store::now() - started_at).unwrap_or(0);
+        let spec = match self.spec(&row, &config, checkpoint, spent) {
+            Ok(spec) => spec,
+            Err(error) => {
+                // A request that cannot even be built fails at once, with its events.
+                self.record_end(&row, Err(EndError::Setup(error)), None)
+                    .await;
+                unregister();
+                return Ok(true);
+            }
+        };
         let this = self.clone();
         tokio::spawn(async move {
             let observer = TaskObserver {
@@ -440,6 +456,8 @@ impl Scheduler {
                 session: row.session.clone(),
                 tag: row.request.tag.clone(),
             };
+            // A stop that came during the start has already cancelled `cancel`: the engine
+            // returns at once, with nothing fetched.
             let result = this
                 .engine
                 .download(&spec, &progress, &observer, &cancel)

@@ -350,3 +350,55 @@ async fn bulk_creation_and_paged_listing_of_thousands_of_tasks() {
     assert!(err.message.starts_with("request 1:"), "{}", err.message);
     assert_eq!(c.tasks(Some("bulk")).await.len(), 3000);
 }
+
+/// Regression: suspending a task the scheduler was starting at that moment answered
+/// `invalid_state` ("it is connecting") instead of suspending it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_catches_tasks_that_are_just_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let requests = (0..60)
+        .map(|i| {
+            download(
+                server.url(&format!("/bytes/1000000?seed={i}&rate=100000")),
+                None,
+            )
+        })
+        .collect();
+    let Response::Created { ids } = c
+        .request(Request::CreateDownloads {
+            session: "race".into(),
+            requests,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    for id in &ids {
+        let answer = c.request(Request::Suspend { task: *id }).await;
+        let Ok(Response::Task { task }) = answer else {
+            panic!("task {id}: {answer:?}")
+        };
+        assert_eq!(task.state, TaskState::Suspended, "task {id}");
+    }
+    // The same for cancel, on tasks being started again after a resume.
+    for id in &ids {
+        c.request(Request::Resume { task: *id }).await.unwrap();
+    }
+    for id in &ids {
+        let answer = c.request(Request::Cancel { task: *id }).await;
+        let Ok(Response::Task { task }) = answer else {
+            panic!("task {id}: {answer:?}")
+        };
+        assert_eq!(
+            task.state,
+            TaskState::Completed {
+                outcome: OutcomeKind::Cancelled
+            },
+            "task {id}"
+        );
+    }
+}
