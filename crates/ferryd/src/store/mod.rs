@@ -340,10 +340,10 @@ pub mod sessions {
 
     /// The session's configuration.
     pub fn config(conn: &Connection, id: &str) -> Result<Option<SessionConfig>, StoreError> {
+        // Read for every journaled event: keep the statement prepared.
         let text: Option<String> = conn
-            .query_row("SELECT config FROM sessions WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT config FROM sessions WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
             .optional()?;
         Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
     }

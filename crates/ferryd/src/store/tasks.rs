@@ -93,6 +93,21 @@ fn priority_of(rank: i64) -> Priority {
     }
 }
 
+/// `execute` through the connection's statement cache: these run for every task and event.
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// `query_row` through the statement cache.
+fn row<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -160,7 +175,8 @@ fn query(
 /// Inserts a task; its id is new and never reused.
 pub fn insert(conn: &Connection, task: &NewTask) -> Result<TaskRow, StoreError> {
     let t = now();
-    conn.execute(
+    exec(
+        conn,
         "INSERT INTO tasks (session, request, priority, state, grp, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
         (
@@ -239,13 +255,14 @@ pub fn transition(
             .into_iter()
             .map(|n| Box::new(n) as Box<dyn rusqlite::ToSql>),
     );
-    let changed = conn.execute(&sql, rusqlite::params_from_iter(params))?;
+    let changed = exec(conn, &sql, rusqlite::params_from_iter(params))?;
     Ok(changed == 1)
 }
 
 /// Marks the task started (the first time only) and returns when it first started.
 pub fn mark_started(conn: &Connection, id: u64) -> Result<i64, StoreError> {
-    Ok(conn.query_row(
+    Ok(row(
+        conn,
         "UPDATE tasks SET started_at = COALESCE(started_at, ?2) WHERE id = ?1 \
          RETURNING started_at",
         (to_i64(id), now()),
@@ -259,12 +276,14 @@ pub fn save_checkpoint(
     id: u64,
     checkpoint: &ferry_engine::Checkpoint,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    exec(
+        conn,
         "INSERT INTO checkpoints (task, checkpoint) VALUES (?1, ?2) \
          ON CONFLICT(task) DO UPDATE SET checkpoint = excluded.checkpoint",
         (to_i64(id), serde_json::to_string(checkpoint)?),
     )?;
-    conn.execute(
+    exec(
+        conn,
         "UPDATE tasks SET bytes_done = ?2, bytes_total = ?3, current_url = ?4 WHERE id = ?1",
         (
             to_i64(id),
@@ -281,19 +300,23 @@ pub fn checkpoint(
     conn: &Connection,
     id: u64,
 ) -> Result<Option<ferry_engine::Checkpoint>, StoreError> {
-    let text: Option<String> = conn
-        .query_row(
-            "SELECT checkpoint FROM checkpoints WHERE task = ?1",
-            [to_i64(id)],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let text: Option<String> = row(
+        conn,
+        "SELECT checkpoint FROM checkpoints WHERE task = ?1",
+        [to_i64(id)],
+        |r| r.get(0),
+    )
+    .optional()?;
     Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
 }
 
 /// Forgets the checkpoint (the bytes are gone or placed).
 pub fn delete_checkpoint(conn: &Connection, id: u64) -> Result<(), StoreError> {
-    conn.execute("DELETE FROM checkpoints WHERE task = ?1", [to_i64(id)])?;
+    exec(
+        conn,
+        "DELETE FROM checkpoints WHERE task = ?1",
+        [to_i64(id)],
+    )?;
     Ok(())
 }
 
@@ -305,7 +328,8 @@ pub fn set_finished(
     bytes: u64,
     current_url: &str,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE tasks SET location = ?2, bytes_done = ?3, bytes_total = ?3, current_url = ?4 \
          WHERE id = ?1",
         (to_i64(id), location, to_i64(bytes), current_url),
@@ -366,7 +390,8 @@ pub fn group_completion(conn: &Connection, id: u64) -> Result<Option<EventFrame>
 
 /// Starts invalidating a session: it takes no new tasks until its last task completes.
 pub fn start_invalidation(conn: &Connection, session: &str) -> Result<(), StoreError> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE sessions SET invalidating = 1 WHERE id = ?1",
         [session],
     )?;
@@ -375,13 +400,13 @@ pub fn start_invalidation(conn: &Connection, session: &str) -> Result<(), StoreE
 
 /// Whether the session is being invalidated.
 pub fn is_invalidating(conn: &Connection, session: &str) -> Result<bool, StoreError> {
-    let flag: Option<i64> = conn
-        .query_row(
-            "SELECT invalidating FROM sessions WHERE id = ?1",
-            [session],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let flag: Option<i64> = row(
+        conn,
+        "SELECT invalidating FROM sessions WHERE id = ?1",
+        [session],
+        |r| r.get(0),
+    )
+    .optional()?;
     Ok(flag == Some(1))
 }
 
@@ -394,7 +419,8 @@ pub fn invalidation_done(
     if !is_invalidating(conn, session)? {
         return Ok(None);
     }
-    let unfinished: i64 = conn.query_row(
+    let unfinished: i64 = row(
+        conn,
         "SELECT COUNT(*) FROM tasks WHERE session = ?1 \
          AND state NOT IN ('succeeded', 'failed', 'cancelled')",
         [session],
@@ -403,7 +429,8 @@ pub fn invalidation_done(
     if unfinished > 0 {
         return Ok(None);
     }
-    conn.execute(
+    exec(
+        conn,
         "UPDATE sessions SET invalidating = 0 WHERE id = ?1",
         [session],
     )?;
@@ -427,7 +454,8 @@ pub fn after_completion(conn: &Connection, id: u64) -> Result<Vec<EventFrame>, S
 
 /// Records a cancelled task's resume data.
 pub fn set_resume_data(conn: &Connection, id: u64, blob: &str) -> Result<(), StoreError> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE tasks SET resume_data = ?2 WHERE id = ?1",
         (to_i64(id), blob),
     )?;
@@ -436,7 +464,8 @@ pub fn set_resume_data(conn: &Connection, id: u64, blob: &str) -> Result<(), Sto
 
 /// Marks the session as terminated by the user (its launch command is not run).
 pub fn mark_terminated(conn: &Connection, session: &str) -> Result<(), StoreError> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE sessions SET terminated_at = ?2 WHERE id = ?1",
         (session, now()),
     )?;
@@ -463,12 +492,14 @@ pub fn journal_append(
 ) -> Result<EventFrame, StoreError> {
     let keeps_journal = sessions::config(conn, session)?.is_none_or(|c| c.journal);
     let seq = if keeps_journal {
-        let seq: i64 = conn.query_row(
+        let seq: i64 = row(
+            conn,
             "UPDATE sessions SET next_seq = next_seq + 1 WHERE id = ?1 RETURNING next_seq - 1",
             [session],
             |r| r.get(0),
         )?;
-        conn.execute(
+        exec(
+            conn,
             "INSERT INTO journal (session, seq, task, event) VALUES (?1, ?2, ?3, ?4)",
             (
                 session,
@@ -528,14 +559,14 @@ pub fn backlog(conn: &Connection, session: &str) -> Result<Vec<EventFrame>, Stor
 /// files whose `finished_downloading` was acknowledged).
 pub fn acknowledge(conn: &Connection, session: &str, seq: u64) -> Result<Vec<Event>, StoreError> {
     // Never past what was handed out: an ack from the future must not swallow later events.
-    let issued: i64 = conn
-        .query_row(
-            "SELECT next_seq - 1 FROM sessions WHERE id = ?1",
-            [session],
-            |r| r.get(0),
-        )
-        .optional()?
-        .ok_or_else(|| StoreError::NotFound(format!("no session {session}")))?;
+    let issued: i64 = row(
+        conn,
+        "SELECT next_seq - 1 FROM sessions WHERE id = ?1",
+        [session],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound(format!("no session {session}")))?;
     let seq = to_i64(seq).min(issued);
     let mut stmt = conn
         .prepare_cached("DELETE FROM journal WHERE session = ?1 AND seq <= ?2 RETURNING event")?;
@@ -543,7 +574,8 @@ pub fn acknowledge(conn: &Connection, session: &str, seq: u64) -> Result<Vec<Eve
         .query_map((session, seq), |r| r.get::<_, String>(0))?
         .map(|e| Ok(serde_json::from_str(&e?)?))
         .collect::<Result<Vec<Event>, StoreError>>()?;
-    conn.execute(
+    exec(
+        conn,
         "UPDATE sessions SET acked_seq = MAX(acked_seq, ?2) WHERE id = ?1",
         (session, seq),
     )?;
