@@ -50,8 +50,9 @@ OUTPUTS=${OUTPUTS:-aside}
 BENCHES=${BENCHES:-small queue}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 
-die() { echo "bench: $*" >&2; exit 1; }
-log() { echo "bench: $*" >&2; }
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
 
 [[ $RUNS =~ ^[0-9]+$ && $RUNS -ge 1 && $RUNS -le 100 ]] || die "RUNS must be 1..100"
 [[ $FILES =~ ^[0-9]+$ && $FILES -ge 1 && $FILES -le 9999 ]] || die "FILES must be 1..9999"
@@ -63,62 +64,25 @@ for b in $BENCHES; do
 done
 [[ $OUTPUTS == aside || $OUTPUTS == delete ]] || die "OUTPUTS must be aside or delete"
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CLIENT=$REPO/bench/daemon_client.py
 
 # --- tools ---------------------------------------------------------------------------------
-need_install=()
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_install+=(nginx-light)
-command -v aria2c >/dev/null 2>&1 || need_install+=(aria2)
-command -v curl >/dev/null 2>&1 || need_install+=(curl)
-[[ $NOSYNC != 1 ]] || command -v eatmydata >/dev/null 2>&1 || need_install+=(eatmydata)
-[[ $PROFILE != 1 ]] || command -v strace >/dev/null 2>&1 || need_install+=(strace)
+extra=()
+[[ $NOSYNC != 1 ]] || command -v eatmydata >/dev/null 2>&1 || extra+=(eatmydata)
+[[ $PROFILE != 1 ]] || command -v strace >/dev/null 2>&1 || extra+=(strace)
 [[ $PERF != 1 ]] || command -v perf >/dev/null 2>&1 || die "PERF=1 needs perf (linux-perf)"
-if ((${#need_install[@]})); then
-    log "installing ${need_install[*]}"
-    SUDO=()
-    [[ $(id -u) -eq 0 ]] || SUDO=(sudo -n)
-    "${SUDO[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${need_install[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-command -v python3 >/dev/null 2>&1 || die "python3 is needed"
+install_tools "${extra[@]}"
 curl --help all 2>/dev/null | grep -q -- '--parallel-max' || die "this curl has no --parallel-max"
-for f in "$HOME/.curlrc" "$HOME/.aria2/aria2.conf"; do
-    [[ -e $f ]] && log "warning: $f exists and changes curl/aria2c's behaviour"
-done
 
 log "building ferryd (release)"
 (cd "$REPO" && cargo build --release --quiet -p ferryd -p ferry-cli -p ferry-testserver)
 
 # --- scratch folder --------------------------------------------------------------------------
-made_workdir=0
-if [[ -z ${WORKDIR:-} ]]; then
-    WORKDIR=$(mktemp -d /var/tmp/ferry-dbench.XXXXXX)
-    made_workdir=1
-elif [[ ! -d $WORKDIR ]]; then
-    mkdir -p "$WORKDIR"
-    made_workdir=1
-fi
-WORKDIR=$(cd "$WORKDIR" && pwd)
-fstype=$(df -T "$WORKDIR" | awk 'NR == 2 { print $2 }')
-[[ $fstype == tmpfs || $fstype == ramfs ]] &&
-    die "WORKDIR $WORKDIR is on $fstype; pick a folder on a real disk"
+make_workdir ferry-dbench
 
 NGINX_PID=
 DAEMON_PIDS=()
 STRACE_PID=
-stop_pid() { # PID NAME: TERM, wait up to 10 s, then KILL; only this pid.
-    local pid=$1 i
-    [[ -n $pid ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && { log "$2 ($pid) ignored SIGTERM; killing it"; kill -KILL "$pid" 2>/dev/null || true; }
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local rc=$? p
     trap - EXIT INT TERM
@@ -181,28 +145,9 @@ thread_ticks() { # PID NAME: utime + stime of the process's threads named NAME
 CLK_TCK=$(getconf CLK_TCK)
 
 # --- the machine -------------------------------------------------------------------------------
-ferry_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n $(git -C "$REPO" status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null) ]]; then
-    ferry_rev="$ferry_rev (+ uncommitted changes in crates/)"
-fi
-blockdev=$(df --output=source "$WORKDIR" | awk 'NR == 2 { sub("/dev/", ""); print }')
-rota=$(cat "/sys/block/$blockdev/queue/rotational" 2>/dev/null || echo "?")
-echo "# ferryd benchmark: many small files, many tasks"
-echo
-echo "## Machine"
-echo
-echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "- nproc: $(nproc)"
-echo "- kernel: $(uname -r)"
-echo "- CPU: $(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
-echo "- memory: $(free -h | awk '/^Mem:/ { print $2 " total, " $7 " available" }')"
-echo "- disk: $(df -T "$WORKDIR" | awk 'NR == 2 { print $1 " " $2 }') (rotational=$rota), WORKDIR=$WORKDIR"
-echo "- curl: $(curl --version | head -1)"
-echo "- aria2c: $(aria2c --version | head -1)"
-echo "- nginx: $("$NGINX" -v 2>&1) (sendfile on, tcp_nopush on, keepalive_requests 10000, 1 worker)"
+print_machine "ferryd benchmark: many small files, many tasks" \
+    "sendfile on, tcp_nopush on, keepalive_requests 10000, 1 worker"
 echo "- python3: $(python3 --version 2>&1)"
-echo "- ferryd: git $ferry_rev (cargo --release)"
-echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- RUNS=$RUNS FILES=$FILES FILE_SIZE=$FILE_SIZE TASKS=$TASKS LIST_RUNS=$LIST_RUNS NOSYNC=$NOSYNC PROFILE=$PROFILE PERF=$PERF OUTPUTS=$OUTPUTS"
 echo
 

@@ -34,8 +34,9 @@ RATE=${RATE:-20m}
 VARIANTS=${VARIANTS:-plain throttled testserver}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 
-die() { echo "bench: $*" >&2; exit 1; }
-log() { echo "bench: $*" >&2; }
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
 
 [[ $SIZE =~ ^[0-9]+$ && $SIZE -gt 0 ]] || die "SIZE must be a positive number of bytes"
 [[ $RUNS =~ ^[0-9]+$ && $RUNS -ge 1 && $RUNS -le 100 ]] || die "RUNS must be 1..100"
@@ -46,61 +47,22 @@ for v in $VARIANTS; do
     case $v in plain | throttled | testserver) ;; *) die "unknown variant $v" ;; esac
 done
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-
 # --- tools ---------------------------------------------------------------------------------
-need_install=()
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_install+=(nginx-light)
-command -v aria2c >/dev/null 2>&1 || need_install+=(aria2)
-command -v curl >/dev/null 2>&1 || need_install+=(curl)
-if ((${#need_install[@]})); then
-    log "installing ${need_install[*]}"
-    SUDO=()
-    [[ $(id -u) -eq 0 ]] || SUDO=(sudo -n)
-    "${SUDO[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${need_install[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-command -v python3 >/dev/null 2>&1 || die "python3 is needed for the statistics"
-for f in "$HOME/.curlrc" "$HOME/.aria2/aria2.conf"; do
-    [[ -e $f ]] && log "warning: $f exists and changes curl/aria2c's behaviour"
-done
+install_tools
 
 log "building ferry (release)"
 (cd "$REPO" && cargo build --release --quiet -p ferry-cli -p ferry-testserver)
 
 # --- scratch folder --------------------------------------------------------------------------
-made_workdir=0
-if [[ -z ${WORKDIR:-} ]]; then
-    WORKDIR=$(mktemp -d /var/tmp/ferry-bench.XXXXXX)
-    made_workdir=1
-elif [[ ! -d $WORKDIR ]]; then
-    mkdir -p "$WORKDIR"
-    made_workdir=1
-fi
-WORKDIR=$(cd "$WORKDIR" && pwd)
-fstype=$(df -T "$WORKDIR" | awk 'NR == 2 { print $2 }')
-[[ $fstype == tmpfs || $fstype == ramfs ]] &&
-    die "WORKDIR $WORKDIR is on $fstype; pick a folder on a real disk"
+make_workdir ferry-bench
 
 NGINX_PID=
 SERVER_PID=
-stop_pid() { # PID NAME: TERM, wait up to 5 s, then KILL; only this pid.
-    local pid=$1 i
-    [[ -n $pid ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && { log "$2 ($pid) ignored SIGTERM; killing it"; kill -KILL "$pid" 2>/dev/null || true; }
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    stop_pid "$NGINX_PID" nginx
-    stop_pid "$SERVER_PID" ferry-testserver
+    stop_pid "$NGINX_PID" nginx 50
+    stop_pid "$SERVER_PID" ferry-testserver 50
     if [[ $KEEP_WORKDIR == 1 ]]; then
         log "kept $WORKDIR"
     elif [[ $made_workdir == 1 ]]; then
@@ -195,27 +157,8 @@ done
 TS_URL=$TS_BASE/bytes/$SIZE
 
 # --- the machine -------------------------------------------------------------------------------
-ferry_rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n $(git -C "$REPO" status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null) ]]; then
-    ferry_rev="$ferry_rev (+ uncommitted changes)"
-fi
-blockdev=$(df --output=source "$WORKDIR" | awk 'NR == 2 { sub("/dev/", ""); print }')
-rota=$(cat "/sys/block/$blockdev/queue/rotational" 2>/dev/null || echo "?")
-echo "# ferry download benchmark"
-echo
-echo "## Machine"
-echo
-echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "- nproc: $(nproc)"
-echo "- kernel: $(uname -r)"
-echo "- CPU: $(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
-echo "- memory: $(free -h | awk '/^Mem:/ { print $2 " total, " $7 " available" }')"
-echo "- disk: $(df -T "$WORKDIR" | awk 'NR == 2 { print $1 " " $2 }') (rotational=$rota), WORKDIR=$WORKDIR"
-echo "- curl: $(curl --version | head -1)"
-echo "- aria2c: $(aria2c --version | head -1)"
-echo "- nginx: $("$NGINX" -v 2>&1) (sendfile on, tcp_nopush on, 1 worker)"
-echo "- ferry: $("$FERRY" --version) at git $ferry_rev (cargo --release)"
-echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+print_machine "ferry download benchmark" "sendfile on, tcp_nopush on, 1 worker"
+echo "- ferry --version: $("$FERRY" --version)"
 echo "- SIZE=$SIZE RUNS=$RUNS RUNS_THROTTLED=$RUNS_THROTTLED RATE=$RATE VARIANTS=\"$VARIANTS\""
 echo
 
