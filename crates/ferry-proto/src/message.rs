@@ -117,6 +117,39 @@ pub enum Request {
         #[serde(default)]
         limit: Option<u32>,
     },
+    /// One task.
+    GetTask {
+        /// The task.
+        task: TaskId,
+    },
+    /// Changes an unfinished task's priority. A task raised above a running one may preempt
+    /// it; a running task lowered below a waiting one may be preempted.
+    SetPriority {
+        /// The task.
+        task: TaskId,
+        /// Its new priority.
+        priority: Priority,
+    },
+    /// Points an unfinished download at a new URL (a signed URL expired). The bytes are kept:
+    /// the transfer continues from the new URL with `If-Range` against the validators it
+    /// had, and restarts from zero (`resumed_at_offset` 0) if they no longer match. The new
+    /// URL becomes the task's `url`; `current_url` is cleared until it is requested.
+    UpdateUrl {
+        /// The task.
+        task: TaskId,
+        /// The new URL (`http` or `https`).
+        url: String,
+    },
+    /// Forgets a completed task: its row disappears from `list_tasks`. Its journaled events
+    /// stay deliverable until acknowledged.
+    Remove {
+        /// The task.
+        task: TaskId,
+        /// Also delete what it left on disk: the placed file of a succeeded download, the
+        /// kept bytes of one cancelled with resume data (its resume data then stops working).
+        #[serde(default)]
+        delete_file: bool,
+    },
     /// Pauses a task, keeping its bytes (URLSession's `suspend`).
     Suspend {
         /// The task.

@@ -66,6 +66,16 @@ pub async fn handle(ctx: &Context, peer: &Peer, id: u64, request: Request) -> Op
             limit,
         } => list(ctx, session, after, limit).await,
         Request::CreateDownloads { session, requests } => create_many(ctx, session, requests).await,
+        Request::GetTask { task } => control(ctx, task, Ok(())).await,
+        Request::SetPriority { task, priority } => {
+            let done = ctx.scheduler.set_priority(task, priority).await;
+            control(ctx, task, done).await
+        }
+        Request::UpdateUrl { task, url } => match ferry_engine::parse_url(&url) {
+            Ok(_) => control(ctx, task, ctx.scheduler.update_url(task, url).await).await,
+            Err(e) => Err(scheduler::error_info(&e)),
+        },
+        Request::Remove { task, delete_file } => remove(ctx, task, delete_file).await,
         Request::Suspend { task } => control(ctx, task, ctx.scheduler.suspend(task).await).await,
         Request::Resume { task } => control(ctx, task, ctx.scheduler.resume(task).await).await,
         Request::Cancel { task } => {
@@ -383,11 +393,54 @@ async fn control(
         Err(ControlError::Store(e)) => return Err(internal(e)),
     }
     let row = read(ctx, move |c| tasks::get(c, task)).await?;
-    let row =
-        row.ok_or_else(|| ErrorInfo::new("unknown_task", format!("there is no task {task}")))?;
+    let row = row.ok_or_else(|| scheduler::unknown_task(task))?;
     Ok(Response::Task {
         task: live(ctx, row.info()),
     })
+}
+
+/// Forgets a completed task. Its files go first, so that a deletion that fails leaves the
+/// task there to try again (a completed task's row changes no more). Its journal rows stay
+/// until acknowledged: they carry what their delivery needs.
+async fn remove(ctx: &Context, task: u64, delete_file: bool) -> Result<Response, ErrorInfo> {
+    let row = read(ctx, move |c| tasks::get(c, task))
+        .await?
+        .ok_or_else(|| scheduler::unknown_task(task))?;
+    let TaskState::Completed { outcome } = row.state else {
+        let mut e = scheduler::invalid_state(task, "remove", row.state);
+        e.message.push_str("; cancel it first");
+        return Err(e);
+    };
+    let delete = |path: &Path| match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ErrorInfo::new(
+            "io",
+            format!("cannot delete {} of task {task}: {e}", path.display()),
+        )),
+        _ => Ok(()),
+    };
+    // Bytes kept after a failure (no space) are of no use without the task.
+    delete(&ctx.layout.staging(task))?;
+    if delete_file {
+        match (outcome, &row.location, &row.resume_data) {
+            (OutcomeKind::Succeeded, Some(location), _) => delete(Path::new(location))?,
+            (OutcomeKind::Cancelled, _, Some(blob)) => ctx.keeper.discard(blob).map_err(|e| {
+                ErrorInfo::new(
+                    "io",
+                    format!("cannot delete the kept bytes of task {task}: {e}"),
+                )
+            })?,
+            _ => {}
+        }
+    }
+    let removed = ctx
+        .store
+        .write(move |c| Ok((tasks::delete_completed(c, task)?, Vec::new())))
+        .await
+        .map_err(internal)?;
+    if !removed {
+        return Err(scheduler::unknown_task(task));
+    }
+    Ok(Response::Done)
 }
 
 async fn invalidate(ctx: &Context, session: String, cancel: bool) -> Result<Response, ErrorInfo> {

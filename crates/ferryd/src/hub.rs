@@ -64,9 +64,11 @@ impl Hub {
         if let Some(current) = sessions.get(session)
             && current.connection != connection
             && !current.sender.is_closed()
-            && !holder_is_gone_or_same(current.pid, pid)
         {
-            if !take_over {
+            // Another live process holds it: refused unless taken over. The same process
+            // (or a dead one's leftover) is replaced; either way the old connection is told,
+            // so it does not wait for events that now go elsewhere.
+            if !take_over && !holder_is_gone_or_same(current.pid, pid) {
                 let by = current
                     .pid
                     .map_or_else(|| "another client".to_owned(), |p| format!("pid {p}"));

@@ -198,12 +198,31 @@ impl Keeper {
         }
         let path = self.file(&payload.file.id);
         let (len, tail) = tail_hash(&path).map_err(|_| {
-            invalid("the bytes this resume data names are gone (already used, or reclaimed)")
+            invalid(
+                "the bytes this resume data names are gone (already used, or deleted when its \
+                 task was removed)",
+            )
         })?;
         if len != payload.file.len || tail != payload.file.tail_sha256 {
             return Err(invalid("the bytes this resume data names have changed"));
         }
         Ok((payload, path))
+    }
+
+    /// Deletes the kept bytes a blob names, so that the blob stops working. Nothing is
+    /// deleted when the blob does not check out: bytes already taken by a task created from
+    /// it are that task's now.
+    ///
+    /// # Errors
+    /// When the file exists but cannot be deleted.
+    pub fn discard(&self, blob: &str) -> std::io::Result<()> {
+        let Ok((_, path)) = self.open_blob(blob) else {
+            return Ok(());
+        };
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 

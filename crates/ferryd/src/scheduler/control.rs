@@ -1,4 +1,5 @@
-//! Control requests: suspend, resume, cancel, terminate, and the same for groups.
+//! Control requests: suspend, resume, cancel, terminate, priority and URL changes, and the
+//! same for groups.
 
 use super::end::{Cancellation, cancel_job};
 use super::*;
@@ -100,6 +101,60 @@ impl Scheduler {
         Ok(false)
     }
 
+    /// Changes an unfinished task's priority and has the loop look again at once: a waiting
+    /// task raised above a running one may preempt it, a running one lowered below a waiting
+    /// one may be preempted.
+    pub async fn set_priority(
+        self: &Arc<Self>,
+        task: u64,
+        priority: Priority,
+    ) -> Result<(), ControlError> {
+        let this = self.clone();
+        self.store
+            .write(move |c| {
+                let checked = unfinished(c, task, "change the priority of")?;
+                if checked.is_ok() {
+                    tasks::set_priority(c, task, priority)?;
+                    // Here, in commit order: a run starting meanwhile reads its priority in
+                    // its own transaction (see `start`), before or after this one.
+                    if let Some(r) = this.running().get_mut(&task) {
+                        r.priority = priority;
+                    }
+                }
+                Ok((checked, Vec::new()))
+            })
+            .await?
+            .map_err(ControlError::Refused)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Points an unfinished download at a new URL. A task with a run in progress is stopped
+    /// with its checkpoint and waits again, so it continues from the new URL: the engine asks
+    /// for the rest with `If-Range` against the validators of the bytes it has, and starts
+    /// over if they no longer match.
+    pub async fn update_url(&self, task: u64, url: String) -> Result<(), ControlError> {
+        let state = self
+            .store
+            .write(move |c| {
+                let checked = unfinished(c, task, "update the URL of")?;
+                if checked.is_ok() {
+                    tasks::set_url(c, task, &url)?;
+                }
+                Ok((checked, Vec::new()))
+            })
+            .await?
+            .map_err(ControlError::Refused)?;
+        // A run started before that commit has the old URL; one started after has the new.
+        // The stopped run's end points its checkpoint at the new URL (see `record_end`).
+        if ACTIVE.contains(&state)
+            && let Some(finished) = self.stop_running(task, Stop::Restart)
+        {
+            finished.cancelled().await;
+        }
+        Ok(())
+    }
+
     /// The user force-quits a session (SPEC §6): every unfinished task completes `cancelled`
     /// with reason `user_terminated`, keeping resume data where there are bytes.
     pub async fn terminate(&self, session: &str) -> Result<usize, StoreError> {
@@ -175,17 +230,39 @@ impl Scheduler {
         }
         let row = self.store.read(|c| tasks::get(c, task))?;
         match row {
-            None => Err(ControlError::Refused(ErrorInfo::new(
-                "unknown_task",
-                format!("there is no task {task}"),
-            ))),
+            None => Err(ControlError::Refused(unknown_task(task))),
             Some(row) if already_fine.contains(&row.state) => Ok(()),
-            Some(row) => Err(ControlError::Refused(ErrorInfo::new(
-                "invalid_state",
-                format!("cannot {verb} task {task}: it is {}", row.state.name()),
-            ))),
+            Some(row) => Err(ControlError::Refused(invalid_state(task, verb, row.state))),
         }
     }
+}
+
+/// The state of task `task` if it has not completed; else why `verb` does not apply to it.
+fn unfinished(
+    c: &rusqlite::Connection,
+    task: u64,
+    verb: &str,
+) -> Result<Result<TaskState, ErrorInfo>, StoreError> {
+    Ok(match tasks::get(c, task)? {
+        None => Err(unknown_task(task)),
+        Some(row) if matches!(row.state, TaskState::Completed { .. }) => {
+            Err(invalid_state(task, verb, row.state))
+        }
+        Some(row) => Ok(row.state),
+    })
+}
+
+/// The answer for a task id that does not exist (or no longer does).
+pub fn unknown_task(task: u64) -> ErrorInfo {
+    ErrorInfo::new("unknown_task", format!("there is no task {task}"))
+}
+
+/// The answer for a request that does not fit the task's state.
+pub fn invalid_state(task: u64, verb: &str, state: TaskState) -> ErrorInfo {
+    ErrorInfo::new(
+        "invalid_state",
+        format!("cannot {verb} task {task}: it is {}", state.name()),
+    )
 }
 
 /// What to do to a whole group.

@@ -11,6 +11,7 @@ impl Scheduler {
         stopped: Option<Stop>,
     ) {
         let (id, session, tag) = (row.id, row.session.clone(), row.request.tag.clone());
+        let run_url = row.request.url.clone();
         let staging = self.layout.staging(id);
         let end = match result {
             Ok(done) => End::Succeeded(done),
@@ -93,13 +94,20 @@ impl Scheduler {
                     End::Stopped(stop, failure) => {
                         // Cancellations were handled above: this run pauses.
                         let to = match stop {
-                            Stop::Shutdown | Stop::Preempt => WAITING,
+                            Stop::Shutdown | Stop::Preempt | Stop::Restart => WAITING,
                             _ => TaskState::Suspended,
                         };
                         tasks::transition(c, id, &ACTIVE, to, None)?;
                         match failure.checkpoint {
                             Some(cp) => tasks::save_checkpoint(c, id, &cp)?,
                             None => tasks::delete_checkpoint(c, id)?,
+                        }
+                        // Its URL was updated while it ran: the checkpoint just saved names
+                        // the old one, and the next run continues from the new one.
+                        if let Some(now) = tasks::get(c, id)?
+                            && now.request.url != run_url
+                        {
+                            tasks::set_url(c, id, &now.request.url)?;
                         }
                     }
                 }

@@ -31,7 +31,7 @@ mod control;
 mod end;
 mod observer;
 
-pub use control::GroupAction;
+pub use control::{GroupAction, invalid_state, unknown_task};
 use end::EndError;
 use observer::TaskObserver;
 
@@ -84,6 +84,8 @@ enum Stop {
     Shutdown,
     /// Paused for a task of a higher priority: it waits again.
     Preempt,
+    /// Its URL changed: it waits again, to continue from the new one.
+    Restart,
     /// Cancel; `keep`: with resume data.
     Cancel {
         reason: CancelReason,
@@ -93,6 +95,8 @@ enum Stop {
 
 struct Running {
     session: String,
+    /// The client's tag, sent with every event (progress too).
+    tag: Option<String>,
     group: Option<String>,
     host: String,
     priority: Priority,
@@ -210,7 +214,7 @@ impl Scheduler {
                     session: session.to_owned(),
                     seq: None,
                     task: Some(id),
-                    tag: None,
+                    tag: r.tag.clone(),
                     event: Event::Progress {
                         written: 0,
                         total_written: r.progress.received(),
@@ -272,7 +276,7 @@ impl Scheduler {
                                 session: r.session.clone(),
                                 seq: None,
                                 task: Some(*id),
-                                tag: None,
+                                tag: r.tag.clone(),
                                 event: Event::Progress {
                                     written: now.saturating_sub(before),
                                     total_written: now,
@@ -394,6 +398,7 @@ impl Scheduler {
         // is being started finds it here and stops it, instead of missing it.
         let running = Running {
             session: row.session.clone(),
+            tag: row.request.tag.clone(),
             group: row.request.group.clone(),
             host,
             priority: row.priority,
@@ -414,6 +419,7 @@ impl Scheduler {
             finished.cancel();
             self.wake();
         };
+        let this = self.clone();
         let moved = self
             .store
             .write(move |c| {
@@ -421,11 +427,20 @@ impl Scheduler {
                 if !moved {
                     return Ok((None, Vec::new()));
                 }
+                // The row as of this commit, not as the round read it: a priority or URL
+                // changed meanwhile applies to this run, and a change committed after this
+                // finds the task running.
+                let row = tasks::get(c, id)?
+                    .ok_or_else(|| StoreError::NotFound(format!("task {id} vanished")))?;
+                this.refresh_running(&row);
                 let started_at = tasks::mark_started(c, id)?;
-                Ok((Some((tasks::checkpoint(c, id)?, started_at)), Vec::new()))
+                Ok((
+                    Some((row, tasks::checkpoint(c, id)?, started_at)),
+                    Vec::new(),
+                ))
             })
             .await;
-        let (checkpoint, started_at) = match moved {
+        let (row, checkpoint, started_at) = match moved {
             Ok(Some(moved)) => moved,
             Ok(None) => {
                 unregister();
@@ -470,6 +485,15 @@ impl Scheduler {
             this.wake();
         });
         Ok(true)
+    }
+
+    /// Brings a running task's entry up to date with its row: the priority preemption reads
+    /// and the host the per-host limit counts.
+    fn refresh_running(&self, row: &TaskRow) {
+        if let Some(r) = self.running().get_mut(&row.id) {
+            r.priority = row.priority;
+            r.host = host_of(&row.request.url);
+        }
     }
 
     fn spec(

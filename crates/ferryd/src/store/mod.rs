@@ -360,3 +360,53 @@ pub mod sessions {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal written before rows carried their task's tag (schema 6) keeps the tags
+    /// through the migration, also once the task is removed.
+    #[tokio::test]
+    async fn journal_rows_keep_their_tag_after_migration_and_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &schema::MIGRATIONS[..6] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 6).unwrap();
+            conn.execute_batch(
+                r#"
+                INSERT INTO sessions (id, config, next_seq, created_at) VALUES ('s', '{}', 3, 0);
+                INSERT INTO tasks (id, session, request, priority, state, created_at, updated_at)
+                    VALUES (1, 's', '{"url": "http://h/f", "tag": "t1"}', 1, 'failed', 0, 0);
+                INSERT INTO journal (session, seq, task, event) VALUES
+                    ('s', 1, 1, '{"type": "session_invalidated"}'),
+                    ('s', 2, NULL, '{"type": "session_invalidated"}');
+                "#,
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path, Arc::new(Hub::default())).unwrap();
+        let tags = |store: &Store| {
+            store
+                .read(|c| tasks::backlog(c, "s"))
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.task, e.tag))
+                .collect::<Vec<_>>()
+        };
+        let expected = vec![(Some(1), Some("t1".to_owned())), (None, None)];
+        assert_eq!(tags(&store), expected);
+        let removed = store
+            .write(|c| Ok((tasks::delete_completed(c, 1)?, Vec::new())))
+            .await
+            .unwrap();
+        assert!(removed);
+        assert!(store.read(|c| tasks::get(c, 1)).unwrap().is_none());
+        assert_eq!(tags(&store), expected);
+        store.close();
+    }
+}

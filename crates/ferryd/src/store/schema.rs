@@ -70,4 +70,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX tasks_waiting_by_session ON tasks(session, state, priority DESC, id);
     "#,
+    // 7: journal rows carry their task's tag, so they stay deliverable as they were after the
+    // task is removed (`journal.task` is a plain number, not a reference).
+    r#"
+    ALTER TABLE journal ADD COLUMN tag TEXT;
+    UPDATE journal SET tag = (SELECT json_extract(t.request, '$.tag') FROM tasks t
+                              WHERE t.id = journal.task)
+    WHERE task IS NOT NULL;
+    "#,
 ];

@@ -452,6 +452,51 @@ pub fn after_completion(conn: &Connection, id: u64) -> Result<Vec<EventFrame>, S
     Ok(events)
 }
 
+/// Changes the task's priority.
+pub fn set_priority(conn: &Connection, id: u64, priority: Priority) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "UPDATE tasks SET priority = ?2, updated_at = ?3 WHERE id = ?1",
+        (to_i64(id), priority_rank(priority), now()),
+    )?;
+    Ok(())
+}
+
+/// Points the task at a new URL: the request's `url` and its checkpoint's (the bytes stay,
+/// guarded by the checkpoint's validators); no current URL until the new one is requested.
+pub fn set_url(conn: &Connection, id: u64, url: &str) -> Result<(), StoreError> {
+    let Some(mut task) = get(conn, id)? else {
+        return Err(StoreError::NotFound(format!("there is no task {id}")));
+    };
+    task.request.url = url.to_owned();
+    exec(
+        conn,
+        "UPDATE tasks SET request = ?2, current_url = NULL, updated_at = ?3 WHERE id = ?1",
+        (to_i64(id), serde_json::to_string(&task.request)?, now()),
+    )?;
+    if let Some(mut cp) = checkpoint(conn, id)? {
+        url.clone_into(&mut cp.url);
+        url.clone_into(&mut cp.current_url);
+        exec(
+            conn,
+            "UPDATE checkpoints SET checkpoint = ?2 WHERE task = ?1",
+            (to_i64(id), serde_json::to_string(&cp)?),
+        )?;
+    }
+    Ok(())
+}
+
+/// Deletes a completed task's row and checkpoint; false if there is no such task. Its
+/// journal rows stay: they do not reference the row, and go when acknowledged.
+pub fn delete_completed(conn: &Connection, id: u64) -> Result<bool, StoreError> {
+    let completed = get(conn, id)?.is_some_and(|t| matches!(t.state, TaskState::Completed { .. }));
+    if completed {
+        delete_checkpoint(conn, id)?;
+        exec(conn, "DELETE FROM tasks WHERE id = ?1", [to_i64(id)])?;
+    }
+    Ok(completed)
+}
+
 /// Records a cancelled task's resume data.
 pub fn set_resume_data(conn: &Connection, id: u64, blob: &str) -> Result<(), StoreError> {
     exec(
@@ -500,11 +545,12 @@ pub fn journal_append(
         )?;
         exec(
             conn,
-            "INSERT INTO journal (session, seq, task, event) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO journal (session, seq, task, tag, event) VALUES (?1, ?2, ?3, ?4, ?5)",
             (
                 session,
                 seq,
                 task.map(to_i64),
+                tag,
                 serde_json::to_string(&event)?,
             ),
         )?;
@@ -521,13 +567,13 @@ pub fn journal_append(
     })
 }
 
-/// The session's unacknowledged events, in order.
+/// The session's unacknowledged events, in order. Each row is self-contained (it carries its
+/// task's tag), so the events of a removed task are still delivered.
 pub fn backlog(conn: &Connection, session: &str) -> Result<Vec<EventFrame>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT j.seq, j.task, j.event, t.request FROM journal j \
-         LEFT JOIN tasks t ON t.id = j.task \
-         WHERE j.session = ?1 AND j.seq > (SELECT acked_seq FROM sessions WHERE id = ?1) \
-         ORDER BY j.seq",
+        "SELECT seq, task, event, tag FROM journal \
+         WHERE session = ?1 AND seq > (SELECT acked_seq FROM sessions WHERE id = ?1) \
+         ORDER BY seq",
     )?;
     let rows = stmt.query_map([session], |r| {
         Ok((
@@ -539,11 +585,7 @@ pub fn backlog(conn: &Connection, session: &str) -> Result<Vec<EventFrame>, Stor
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (seq, task, event, request) = row?;
-        let tag = request
-            .map(|r| serde_json::from_str::<DownloadRequest>(&r))
-            .transpose()?
-            .and_then(|r| r.tag);
+        let (seq, task, event, tag) = row?;
         out.push(EventFrame {
             session: session.to_owned(),
             seq: Some(seq as u64),

@@ -429,3 +429,146 @@ async fn daemon_wide_and_per_task_rate_limits_hold() {
         gained(s.id)
     );
 }
+
+/// A session that runs one transfer at a time.
+async fn one_at_a_time(c: &mut crate::fixture::Client, session: &str) {
+    let one = SessionConfig {
+        max_concurrent: 1,
+        ..SessionConfig::default()
+    };
+    c.attach_with(session, one, false).await.unwrap();
+    c.request(ferry_proto::Request::Detach {
+        session: session.into(),
+    })
+    .await
+    .unwrap();
+}
+
+async fn set_priority(
+    c: &mut crate::fixture::Client,
+    task: u64,
+    priority: Priority,
+) -> Result<ferry_proto::TaskInfo, ferry_proto::ErrorInfo> {
+    match c
+        .request(ferry_proto::Request::SetPriority { task, priority })
+        .await?
+    {
+        ferry_proto::Response::Task { task } => Ok(task),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_a_waiting_task_lets_it_preempt_a_running_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    one_at_a_time(&mut c, "sp").await;
+    let n = 3_000_000u64;
+    let first_out = dir.path().join("first.bin");
+    let mut first = download(
+        server.url(&format!("/bytes/{n}?seed=52&rate=1000000")),
+        Some(&first_out),
+    );
+    first.connections = Some(1);
+    let first = c.create("sp", first).await;
+    daemon.wait_for_bytes(first.id, 0).await;
+    let second = c
+        .create(
+            "sp",
+            download(
+                server.url("/bytes/200000?seed=53"),
+                Some(&dir.path().join("second.bin")),
+            ),
+        )
+        .await;
+    assert_eq!(
+        c.task(second.id).await.state,
+        TaskState::Running {
+            phase: RunPhase::Waiting
+        },
+        "the session runs one transfer at a time"
+    );
+
+    let raised = set_priority(&mut c, second.id, Priority::High)
+        .await
+        .unwrap();
+    assert_eq!(raised.priority, Priority::High);
+    let done = wait_completed(&mut c, second.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    let paused = c.task(first.id).await;
+    assert!(
+        !matches!(paused.state, TaskState::Completed { .. }),
+        "the raised task ran first: {paused:?}"
+    );
+    let done = wait_completed(&mut c, first.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    assert_eq!(std::fs::read(&first_out).unwrap(), content(52, 0, n));
+
+    // A completed task has no priority to change; an unknown one is unknown.
+    let err = set_priority(&mut c, second.id, Priority::Low)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "invalid_state");
+    assert!(err.message.contains("succeeded"), "{}", err.message);
+    let err = set_priority(&mut c, 999_999, Priority::Low)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "unknown_task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_a_running_task_lets_a_waiting_one_preempt_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    one_at_a_time(&mut c, "sp").await;
+    let n = 3_000_000u64;
+    let first_out = dir.path().join("first.bin");
+    let mut first = download(
+        server.url(&format!("/bytes/{n}?seed=54&rate=1000000")),
+        Some(&first_out),
+    );
+    first.connections = Some(1);
+    let first = c.create("sp", first).await;
+    daemon.wait_for_bytes(first.id, 0).await;
+    let second = c
+        .create(
+            "sp",
+            download(
+                server.url("/bytes/200000?seed=55"),
+                Some(&dir.path().join("second.bin")),
+            ),
+        )
+        .await;
+
+    let lowered = set_priority(&mut c, first.id, Priority::Low).await.unwrap();
+    assert_eq!(lowered.priority, Priority::Low);
+    wait_completed(&mut c, second.id).await;
+    let paused = c.task(first.id).await;
+    assert!(
+        !matches!(paused.state, TaskState::Completed { .. }),
+        "the lowered task made way: {paused:?}"
+    );
+    assert_eq!(paused.priority, Priority::Low);
+    let done = wait_completed(&mut c, first.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    assert_eq!(std::fs::read(&first_out).unwrap(), content(54, 0, n));
+}

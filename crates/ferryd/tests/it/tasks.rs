@@ -1,9 +1,35 @@
-//! Control without attachment: create, list, suspend, resume, cancel, status.
+//! Control without attachment: create, list, get, suspend, resume, cancel, update the URL,
+//! remove, status.
 
-use ferry_proto::{Event, Outcome, OutcomeKind, Request, Response, TaskState};
+use ferry_proto::{ErrorInfo, Event, Outcome, OutcomeKind, Request, Response, TaskInfo, TaskState};
 use ferry_testserver::{TestServer, content};
 
-use crate::fixture::{Daemon, download, wait_completed, wait_until};
+use crate::fixture::{Client, Daemon, download, wait_completed, wait_until};
+
+async fn get_task(c: &mut Client, task: u64) -> Result<TaskInfo, ErrorInfo> {
+    match c.request(Request::GetTask { task }).await? {
+        Response::Task { task } => Ok(task),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn update_url(c: &mut Client, task: u64, url: &str) -> Result<TaskInfo, ErrorInfo> {
+    let request = Request::UpdateUrl {
+        task,
+        url: url.into(),
+    };
+    match c.request(request).await? {
+        Response::Task { task } => Ok(task),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn remove(c: &mut Client, task: u64, delete_file: bool) -> Result<(), ErrorInfo> {
+    match c.request(Request::Remove { task, delete_file }).await? {
+        Response::Done => Ok(()),
+        other => panic!("{other:?}"),
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_keeps_bytes_and_resume_continues() {
@@ -401,4 +427,290 @@ async fn suspend_catches_tasks_that_are_just_starting() {
             "task {id}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_task_answers_one_task_with_live_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    // Checkpoints a minute apart: stored byte counts stay 0 while it runs.
+    let daemon = Daemon::start_with(&dir.path().join("home"), 60_000).await;
+    let mut c = daemon.client().await;
+    let n = 3_000_000u64;
+    let out = dir.path().join("g.bin");
+    let mut req = download(
+        server.url(&format!("/bytes/{n}?seed=12&rate=1000000")),
+        Some(&out),
+    );
+    req.connections = Some(1);
+    req.tag = Some("one".into());
+    let t = c.create("g", req).await;
+    daemon.wait_for_bytes(t.id, 100_000).await;
+    let task = get_task(&mut c, t.id).await.unwrap();
+    assert_eq!((task.id, task.tag.as_deref()), (t.id, Some("one")));
+    assert!(matches!(task.state, TaskState::Running { .. }), "{task:?}");
+    assert!(task.bytes_done >= 100_000, "live bytes: {task:?}");
+    assert_eq!(task.bytes_total, Some(n));
+
+    let done = wait_completed(&mut c, t.id).await;
+    assert_eq!(get_task(&mut c, t.id).await.unwrap(), done);
+    assert_eq!(done.location.as_deref(), Some(out.to_str().unwrap()));
+    let err = get_task(&mut c, 999_999).await.unwrap_err();
+    assert_eq!(err.code, "unknown_task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_url_moves_a_running_download_to_the_new_url_with_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    c.attach("u").await.unwrap();
+    let n = 3_000_000u64;
+    let out = dir.path().join("u.bin");
+    let old = server.url(&format!("/bytes/{n}?seed=13&rate=1000000"));
+    let mut req = download(old.clone(), Some(&out));
+    req.connections = Some(1);
+    let t = c.create("u", req).await;
+    daemon.wait_for_bytes(t.id, 300_000).await;
+
+    // The same resource (same validators) at another URL, not throttled.
+    let new = server.url(&format!("/bytes/{n}?seed=13"));
+    let task = update_url(&mut c, t.id, &new).await.unwrap();
+    assert_eq!(task.url, new);
+    assert!(
+        task.current_url.is_none() || task.current_url.as_deref() == Some(new.as_str()),
+        "the old URL is forgotten: {task:?}"
+    );
+    assert!(
+        !matches!(task.state, TaskState::Completed { .. }),
+        "{task:?}"
+    );
+    let done = wait_completed(&mut c, t.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    assert_eq!(done.url, new);
+    assert_eq!(std::fs::read(&out).unwrap(), content(13, 0, n));
+
+    // It continued from its bytes, from the new URL.
+    let offset = loop {
+        let e = c.next_journaled().await;
+        match e.event {
+            Event::ResumedAtOffset { offset, .. } => break offset,
+            Event::Completed { .. } => panic!("no resumed_at_offset before completed"),
+            _ => {}
+        }
+    };
+    assert!(offset >= 300_000, "{offset}");
+    let requests = server.requests();
+    let to_new: Vec<_> = requests.iter().filter(|r| r.query == "seed=13").collect();
+    assert_eq!(to_new.len(), 1, "{requests:?}");
+    assert_eq!(
+        to_new[0].header("range"),
+        Some(format!("bytes={offset}-{}", n - 1).as_str())
+    );
+    assert!(to_new[0].header("if-range").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_url_of_a_suspended_task_and_what_it_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let n = 2_000_000u64;
+    let out = dir.path().join("s.bin");
+    let mut req = download(
+        server.url(&format!("/bytes/{n}?seed=14&rate=1000000")),
+        Some(&out),
+    );
+    req.connections = Some(1);
+    let t = c.create("u", req).await;
+    daemon.wait_for_bytes(t.id, 200_000).await;
+    let Response::Task { task } = c.request(Request::Suspend { task: t.id }).await.unwrap() else {
+        panic!()
+    };
+    assert!(task.current_url.is_some());
+    let kept = task.bytes_done;
+
+    for (bad, code) in [
+        ("no url", "invalid_url"),
+        ("ftp://example.com/f", "unsupported_scheme"),
+    ] {
+        let err = update_url(&mut c, t.id, bad).await.unwrap_err();
+        assert_eq!(err.code, code);
+        assert!(err.message.contains(bad), "{}", err.message);
+    }
+    let new = server.url(&format!("/bytes/{n}?seed=14&rate=4000000"));
+    let task = update_url(&mut c, t.id, &new).await.unwrap();
+    assert_eq!(task.state, TaskState::Suspended);
+    assert_eq!((task.url.as_str(), task.current_url), (new.as_str(), None));
+    assert_eq!(task.bytes_done, kept, "the bytes are kept");
+
+    server.clear_log();
+    c.request(Request::Resume { task: t.id }).await.unwrap();
+    let done = wait_completed(&mut c, t.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), content(14, 0, n));
+    let first = &server.requests()[0];
+    assert_eq!(first.query, "seed=14&rate=4000000");
+    assert_eq!(
+        first.header("range"),
+        Some(format!("bytes={kept}-{}", n - 1).as_str())
+    );
+
+    let err = update_url(&mut c, t.id, &new).await.unwrap_err();
+    assert_eq!(err.code, "invalid_state");
+    assert!(err.message.contains("succeeded"), "{}", err.message);
+    let err = update_url(&mut c, 999_999, &new).await.unwrap_err();
+    assert_eq!(err.code, "unknown_task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_forgets_a_completed_task_but_not_its_unacknowledged_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let mut slow = download(
+        server.url("/bytes/3000000?seed=15&rate=500000"),
+        Some(&dir.path().join("slow")),
+    );
+    slow.group = Some("g".into());
+    let running = c.create("rm", slow).await;
+    let out = dir.path().join("done.bin");
+    let mut req = download(server.url("/bytes/1000?seed=16"), Some(&out));
+    req.tag = Some("keep-me".into());
+    req.group = Some("g".into());
+    let done = c.create("rm", req).await;
+    wait_completed(&mut c, done.id).await;
+
+    let err = remove(&mut c, running.id, false).await.unwrap_err();
+    assert_eq!(err.code, "invalid_state");
+    assert!(err.message.contains("cancel it first"), "{}", err.message);
+    assert!(c.tasks(Some("rm")).await.iter().any(|t| t.id == running.id));
+
+    remove(&mut c, done.id, false).await.unwrap();
+    let listed: Vec<u64> = c.tasks(None).await.iter().map(|t| t.id).collect();
+    assert_eq!(listed, vec![running.id]);
+    assert_eq!(
+        get_task(&mut c, done.id).await.unwrap_err().code,
+        "unknown_task"
+    );
+    let Response::Status { tasks, .. } = c.request(Request::Status).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(tasks.get("succeeded"), None, "{tasks:?}");
+    let Response::Groups { groups } = c
+        .request(Request::ListGroups {
+            session: "rm".into(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((groups[0].tasks, groups[0].completed), (1, 0));
+    assert!(out.exists(), "without delete_file the file stays");
+    let err = remove(&mut c, done.id, false).await.unwrap_err();
+    assert_eq!(err.code, "unknown_task");
+
+    // Its events were not acknowledged: the next attach still delivers them, tag and all.
+    let mut app = daemon.client().await;
+    app.attach("rm").await.unwrap();
+    let mut of_removed = Vec::new();
+    loop {
+        let e = app.next_journaled().await;
+        if e.event == Event::BacklogDelivered {
+            break;
+        }
+        if e.task == Some(done.id) {
+            assert_eq!(e.tag.as_deref(), Some("keep-me"));
+            of_removed.push(e.event);
+        }
+    }
+    assert!(
+        matches!(
+            of_removed.as_slice(),
+            [
+                Event::FinishedDownloading { .. },
+                Event::Completed {
+                    outcome: Outcome::Succeeded,
+                    ..
+                }
+            ]
+        ),
+        "{of_removed:?}"
+    );
+
+    // Once cancelled, the other task can go too.
+    c.request(Request::Cancel { task: running.id })
+        .await
+        .unwrap();
+    remove(&mut c, running.id, false).await.unwrap();
+    assert!(c.tasks(None).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_with_delete_file_deletes_the_file_or_the_kept_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let out = dir.path().join("placed.bin");
+    let placed = c
+        .create(
+            "rm",
+            download(server.url("/bytes/1000?seed=17"), Some(&out)),
+        )
+        .await;
+    wait_completed(&mut c, placed.id).await;
+    assert!(out.exists());
+    remove(&mut c, placed.id, true).await.unwrap();
+    assert!(!out.exists(), "the placed file is deleted");
+
+    let mut req = download(
+        server.url("/bytes/3000000?seed=18&rate=1000000"),
+        Some(&dir.path().join("kept.bin")),
+    );
+    req.connections = Some(1);
+    let t = c.create("rm", req).await;
+    daemon.wait_for_bytes(t.id, 100_000).await;
+    let Response::Task { task } = c
+        .request(Request::CancelWithResumeData { task: t.id })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let blob = task.resume_data.expect("resume data");
+    let resume_area = || {
+        std::fs::read_dir(daemon.home.join("resume"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(resume_area(), 1);
+    remove(&mut c, t.id, true).await.unwrap();
+    assert_eq!(resume_area(), 0, "the kept bytes are deleted");
+    let err = c
+        .request(Request::CreateFromResumeData {
+            session: "rm".into(),
+            resume_data: blob,
+            destination: None,
+            headers: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "invalid_resume_data");
+    assert!(err.message.contains("removed"), "{}", err.message);
+    assert!(c.tasks(None).await.is_empty());
 }
