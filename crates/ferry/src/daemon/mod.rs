@@ -1,0 +1,448 @@
+//! Background sessions: a connection to `ferryd` that speaks `docs/PROTOCOL.md`.
+//!
+//! One task per session supervises the connection: it connects (starting the daemon if
+//! needed), says hello, attaches, then reads frames until the connection ends — and does it
+//! all again, with a growing pause, if the daemon went away. Requests wait for a live
+//! connection. Events go to the session's channel; after a reconnect the journal replays what
+//! was not acknowledged, and what this process already handed out is dropped, so the
+//! application sees each event once.
+
+pub(crate) mod spawn;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ferry_proto::frame::{FrameError, read_frame, write_frame};
+use ferry_proto::{
+    ClientFrame, ErrorInfo, Event, EventFrame, PROTOCOL_VERSION, Request, Response, ServerFrame,
+    SessionConfig,
+};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, ErrorKind};
+
+/// How long a request waits for a connection while the daemon is away.
+const RECONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What the session asks of the daemon on every connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub home: PathBuf,
+    /// The `ferryd` to start (`None`: look for it).
+    pub program: Option<PathBuf>,
+    pub session: String,
+    /// `None`: control only — requests, no events (another process may be attached).
+    pub attach: Option<Attach>,
+    pub client_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Attach {
+    pub config: SessionConfig,
+    pub take_over: bool,
+}
+
+type Answer = Result<Response, ErrorInfo>;
+
+/// One live connection.
+struct Link {
+    daemon_pid: u32,
+    outbound: mpsc::UnboundedSender<ClientFrame>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    dead: CancellationToken,
+}
+
+impl Link {
+    /// Fails every request still waiting: the connection is gone.
+    fn fail_pending(&self, why: &str) {
+        let pending =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        for (_, answer) in pending {
+            let mut info = ErrorInfo::new("disconnected", why);
+            info.transient = true;
+            let _ = answer.send(Err(info));
+        }
+    }
+}
+
+/// The state the supervisor keeps between connections.
+struct Shared {
+    options: Options,
+    next_id: AtomicU64,
+    /// The current connection; `None` while (re)connecting.
+    link: watch::Sender<Option<Arc<Link>>>,
+    /// Why the session stopped for good (taken over, daemon refused), once it has.
+    fatal: Mutex<Option<ErrorInfo>>,
+    /// Highest sequence number handed to the application.
+    forwarded: AtomicU64,
+    /// Journaled events replayed at the first attach.
+    backlog: AtomicU64,
+    /// Where events go; dropped when the session is lost for good, which ends the stream.
+    events: Mutex<Option<mpsc::UnboundedSender<Result<EventFrame, Error>>>>,
+    closed: CancellationToken,
+}
+
+impl Shared {
+    fn send_event(&self, item: Result<EventFrame, Error>) {
+        if let Some(events) = &*self.events.lock().unwrap_or_else(PoisonError::into_inner) {
+            let _ = events.send(item);
+        }
+    }
+}
+
+/// A background session's link to the daemon. Dropping it closes the connection, which
+/// detaches the session: its tasks go on and its events wait in the journal.
+pub(crate) struct Client {
+    shared: Arc<Shared>,
+}
+
+impl Client {
+    /// Connects and (when asked) attaches, failing if the first connection fails. Events
+    /// (and a final error, if the session is lost) go to `events`.
+    pub(crate) async fn connect(
+        options: Options,
+        events: mpsc::UnboundedSender<Result<EventFrame, Error>>,
+    ) -> Result<Client, Error> {
+        let (link, _) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            options,
+            next_id: AtomicU64::new(1),
+            link,
+            fatal: Mutex::new(None),
+            forwarded: AtomicU64::new(0),
+            backlog: AtomicU64::new(0),
+            events: Mutex::new(Some(events)),
+            closed: CancellationToken::new(),
+        });
+        let reader = establish(&shared, false).await?;
+        tokio::spawn(supervise(shared.clone(), reader));
+        Ok(Client { shared })
+    }
+
+    /// Sends a request and waits for its answer, waiting for a connection first if the
+    /// daemon is being reconnected to.
+    pub(crate) async fn call(&self, request: Request) -> Result<Response, Error> {
+        let link = self.live_link().await?;
+        let (tx, rx) = oneshot::channel();
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        link.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tx);
+        if link
+            .outbound
+            .send(ClientFrame::Request { id, request })
+            .is_err()
+        {
+            return Err(Error::disconnected("the connection to ferryd closed"));
+        }
+        match rx.await {
+            Ok(answer) => answer.map_err(Error::from),
+            Err(_) => Err(Error::disconnected("the connection to ferryd closed")),
+        }
+    }
+
+    /// Sends an acknowledgement without waiting for its answer (the next one covers it if
+    /// this one is lost).
+    pub(crate) fn ack_soon(&self, seq: u64) {
+        let Some(link) = self.shared.link.borrow().clone() else {
+            return;
+        };
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let session = self.shared.options.session.clone();
+        let _ = link.outbound.send(ClientFrame::Request {
+            id,
+            request: Request::Ack { session, seq },
+        });
+    }
+
+    pub(crate) fn backlog(&self) -> u64 {
+        self.shared.backlog.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn daemon_pid(&self) -> Option<u32> {
+        self.shared.link.borrow().as_ref().map(|l| l.daemon_pid)
+    }
+
+    async fn live_link(&self) -> Result<Arc<Link>, Error> {
+        let mut watch = self.shared.link.subscribe();
+        let wait = watch.wait_for(|link| link.as_ref().is_some_and(|l| !l.dead.is_cancelled()));
+        let fatal = || {
+            self.shared
+                .fatal
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        };
+        if let Some(info) = fatal() {
+            return Err(info.into());
+        }
+        tokio::select! {
+            link = tokio::time::timeout(RECONNECT_PATIENCE, wait) => match link {
+                Ok(Ok(link)) => link.clone().ok_or_else(|| Error::disconnected("no connection")),
+                Ok(Err(_)) => Err(fatal().map_or_else(|| Error::disconnected("the session is closed"), Error::from)),
+                Err(_) => Err(Error::disconnected(format!(
+                    "ferryd has not been reachable for {} s",
+                    RECONNECT_PATIENCE.as_secs()
+                ))),
+            },
+            () = self.shared.closed.cancelled() => Err(Error::disconnected("the session is closed")),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shared.closed.cancel();
+        if let Some(link) = self.shared.link.borrow().as_ref() {
+            link.dead.cancel();
+        }
+    }
+}
+
+/// Keeps the session connected until it is closed or lost for good.
+async fn supervise(shared: Arc<Shared>, mut reader: OwnedReadHalf) {
+    loop {
+        let end = read_frames(&shared, &mut reader).await;
+        let link = shared.link.send_replace(None);
+        if let Some(link) = link {
+            link.dead.cancel();
+            link.fail_pending("the connection to ferryd closed");
+        }
+        if let Err(info) = end {
+            give_up(&shared, info);
+            return;
+        }
+        let mut pause = Duration::from_millis(50);
+        reader = loop {
+            if shared.closed.is_cancelled() {
+                return;
+            }
+            match establish(&shared, true).await {
+                Ok(reader) => break reader,
+                Err(e) if is_fatal(&e) => {
+                    give_up(&shared, ErrorInfo::new(e.code(), e.to_string()));
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "reconnecting to ferryd"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = shared.closed.cancelled() => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+        };
+    }
+}
+
+/// Errors after which reconnecting cannot help.
+fn is_fatal(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::SessionInUse | ErrorKind::InvalidInput)
+}
+
+fn give_up(shared: &Shared, info: ErrorInfo) {
+    tracing::debug!(code = %info.code, "the session's connection ended for good");
+    *shared.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(info.clone());
+    let events = shared
+        .events
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some(events) = events {
+        let _ = events.send(Err(info.into()));
+    }
+    shared.closed.cancel();
+}
+
+/// Connects, says hello and attaches; publishes the new link and returns its reading half.
+async fn establish(shared: &Arc<Shared>, reconnect: bool) -> Result<OwnedReadHalf, Error> {
+    let options = &shared.options;
+    let stream = spawn::connect_or_start(&options.home, options.program.as_deref()).await?;
+    let (mut reader, mut writer) = stream.into_split();
+    write_frame(
+        &mut writer,
+        &ClientFrame::Hello {
+            protocol: PROTOCOL_VERSION,
+            client: options.client_name.clone(),
+        },
+    )
+    .await
+    .map_err(frame_error)?;
+    let daemon_pid = match read_frame::<ServerFrame>(&mut reader)
+        .await
+        .map_err(frame_error)?
+    {
+        ServerFrame::Welcome { pid, .. } => pid,
+        ServerFrame::Error { error, .. } => return Err(error.into()),
+        other => {
+            return Err(Error::new(
+                ErrorKind::Daemon,
+                "protocol_error",
+                format!("ferryd answered hello with {other:?}"),
+            ));
+        }
+    };
+    if let Some(attach) = &options.attach {
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let request = Request::Attach {
+            session: options.session.clone(),
+            config: attach.config.clone(),
+            take_over: attach.take_over,
+        };
+        write_frame(&mut writer, &ClientFrame::Request { id, request })
+            .await
+            .map_err(frame_error)?;
+        // The answer comes before any event of the session.
+        match read_frame::<ServerFrame>(&mut reader)
+            .await
+            .map_err(frame_error)?
+        {
+            ServerFrame::Response {
+                response: Response::Attached { backlog, .. },
+                ..
+            } => {
+                if !reconnect {
+                    shared.backlog.store(backlog, Ordering::Relaxed);
+                }
+            }
+            ServerFrame::Error { error, .. } => return Err(error.into()),
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Daemon,
+                    "protocol_error",
+                    format!("ferryd answered attach with {other:?}"),
+                ));
+            }
+        }
+    }
+    let (outbound, queue) = mpsc::unbounded_channel();
+    let link = Arc::new(Link {
+        daemon_pid,
+        outbound,
+        pending: Mutex::new(HashMap::new()),
+        dead: CancellationToken::new(),
+    });
+    tokio::spawn(write_frames(writer, queue, link.dead.clone()));
+    shared.link.send_replace(Some(link));
+    if reconnect {
+        tracing::debug!(session = %options.session, "reconnected to ferryd");
+    }
+    Ok(reader)
+}
+
+async fn write_frames(
+    mut writer: OwnedWriteHalf,
+    mut queue: mpsc::UnboundedReceiver<ClientFrame>,
+    dead: CancellationToken,
+) {
+    loop {
+        let frame = tokio::select! {
+            frame = queue.recv() => frame,
+            () = dead.cancelled() => {
+                // Closing: what was queued (acknowledgements) still goes out.
+                while let Ok(frame) = queue.try_recv() {
+                    if write_frame(&mut writer, &frame).await.is_err() {
+                        break;
+                    }
+                }
+                None
+            }
+        };
+        let Some(frame) = frame else { break };
+        if write_frame(&mut writer, &frame).await.is_err() {
+            dead.cancel();
+            break;
+        }
+    }
+    // Dropping the writer shuts the socket down for writing; the daemon then closes it.
+}
+
+/// Reads until the connection ends: `Ok` when it broke (reconnect), `Err` when the daemon
+/// ended the session's connection on purpose (taken over) or the session was closed.
+async fn read_frames(shared: &Shared, reader: &mut OwnedReadHalf) -> Result<(), ErrorInfo> {
+    let Some(link) = shared.link.borrow().clone() else {
+        return Ok(());
+    };
+    // Events replayed after a reconnect that this process already handed out are dropped;
+    // `backlog_delivered` too when nothing of the replay was new.
+    let mut replay_new = 0u64;
+    loop {
+        let frame = tokio::select! {
+            frame = read_frame::<ServerFrame>(reader) => frame,
+            () = link.dead.cancelled() => {
+                return if shared.closed.is_cancelled() {
+                    Err(ErrorInfo::new("disconnected", "the session is closed"))
+                } else {
+                    Ok(())
+                };
+            }
+        };
+        match frame {
+            Ok(ServerFrame::Response { id, response }) => answer(&link, id, Ok(response)),
+            Ok(ServerFrame::Error {
+                id: Some(id),
+                error,
+            }) => answer(&link, id, Err(error)),
+            Ok(ServerFrame::Error { id: None, error }) => {
+                return if error.code == "session_taken_over" {
+                    Err(error)
+                } else {
+                    tracing::warn!(code = %error.code, message = %error.message, "ferryd closed the connection");
+                    Ok(())
+                };
+            }
+            Ok(ServerFrame::Event(event)) => {
+                if let Some(seq) = event.seq {
+                    if seq <= shared.forwarded.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    shared.forwarded.store(seq, Ordering::Relaxed);
+                    replay_new += 1;
+                } else if event.event == Event::BacklogDelivered {
+                    // A backlog is never empty, so nothing new means all of it was seen.
+                    let seen_all = replay_new == 0;
+                    replay_new = 0;
+                    if seen_all {
+                        continue;
+                    }
+                }
+                shared.send_event(Ok(event));
+            }
+            Ok(ServerFrame::Welcome { .. }) => {}
+            Err(FrameError::Closed) | Err(FrameError::Io(_)) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable frame from ferryd");
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn answer(link: &Link, id: u64, result: Answer) {
+    let waiting = link
+        .pending
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&id);
+    if let Some(waiting) = waiting {
+        let _ = waiting.send(result);
+    }
+}
+
+fn frame_error(e: FrameError) -> Error {
+    match e {
+        FrameError::Closed | FrameError::Io(_) => {
+            Error::disconnected(format!("talking to ferryd: {e}"))
+        }
+        other => Error::new(
+            ErrorKind::Daemon,
+            "protocol_error",
+            format!("talking to ferryd: {other}"),
+        ),
+    }
+}

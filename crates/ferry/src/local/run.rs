@@ -1,0 +1,267 @@
+//! One transfer on the engine: its reports while it runs, and recording how it ended.
+//!
+//! Stopping a running transfer (suspend, cancel, `update_url`, preemption) records why in
+//! [`Run::stop`](super::state::Run) and cancels its token; the engine answers `Cancelled`
+//! with a synced checkpoint, and this runner — the only place that records a run's end —
+//! turns that into the state the stop asked for. Whoever stopped it waits for `ended`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_engine::{DownloadSpec, Downloaded, ErrorKind, Failure, Progress};
+use ferry_proto::{Event, Outcome, TaskId, TaskState};
+use tokio_util::sync::CancellationToken;
+
+use super::state::{
+    Body, Kind, RETRY_WAIT, Shared, State, Stop, TRANSFERRING, Task, WAITING, remove_quietly,
+};
+use super::validate::error_info;
+
+/// Progress events at most this often per task (≤ 10 per second).
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// The parts of a [`Run`](super::state::Run) its runner needs.
+pub(super) struct Handles {
+    pub(super) cancel: CancellationToken,
+    pub(super) progress: Arc<Progress>,
+    pub(super) ended: CancellationToken,
+    /// A data task: the body is read into memory.
+    pub(super) data: bool,
+}
+
+/// A finished transfer: the placed file, and for a data task its bytes.
+struct Finished {
+    done: Downloaded,
+    body: Option<Vec<u8>>,
+}
+
+/// Runs the transfer to its end, sending coalesced progress meanwhile, then records the end.
+pub(super) async fn drive(shared: Arc<Shared>, id: TaskId, spec: DownloadSpec, run: Handles) {
+    let observer = TaskObserver {
+        shared: &shared,
+        id,
+    };
+    // `written` counts this run's bytes: those kept from an earlier run were reported then.
+    let mut reported = spec.checkpoint.as_ref().map_or(0, |cp| cp.bytes());
+    let result = {
+        let download = shared
+            .engine
+            .download(&spec, &run.progress, &observer, &run.cancel);
+        tokio::pin!(download);
+        let start = tokio::time::Instant::now() + PROGRESS_EVERY;
+        let mut tick = tokio::time::interval_at(start, PROGRESS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                result = &mut download => break result,
+                _ = tick.tick() => shared.report_progress(id, &run.progress, &mut reported),
+            }
+        }
+    };
+    let result = match result {
+        Ok(done) => {
+            // The last bytes, before `finished_downloading`.
+            shared.report_progress(id, &run.progress, &mut reported);
+            read_body(run.data, done).await
+        }
+        Err(failure) => Err(failure),
+    };
+    shared.record_end(id, result, &spec.staging);
+    run.ended.cancel();
+    shared.wake.notify_one();
+}
+
+/// A data task's body is downloaded by the engine like any file, into the runtime's folder,
+/// then read into memory and the file deleted: one code path for both kinds of task, at the
+/// cost of a copy through the page cache.
+async fn read_body(data: bool, done: Downloaded) -> Result<Finished, Failure> {
+    if !data {
+        return Ok(Finished { done, body: None });
+    }
+    let read = tokio::fs::read(&done.path).await;
+    let path = done.path.clone();
+    let _ = tokio::task::spawn_blocking(move || remove_quietly(&path)).await;
+    match read {
+        Ok(body) => Ok(Finished {
+            done,
+            body: Some(body),
+        }),
+        Err(e) => Err(Failure {
+            error: ferry_engine::Error::with_source(
+                ErrorKind::Io {
+                    op: "read",
+                    path: done.path,
+                },
+                e,
+            ),
+            checkpoint: None,
+        }),
+    }
+}
+
+impl Shared {
+    /// Sends a progress event when bytes arrived since the last one; the first bytes move
+    /// the task to `transferring`.
+    fn report_progress(&self, id: TaskId, progress: &Progress, reported: &mut u64) {
+        let now = progress.received();
+        if now == *reported {
+            return;
+        }
+        let mut state = self.state();
+        let Some(task) = state.tasks.get_mut(&id) else {
+            return;
+        };
+        if task.info.state != TRANSFERRING {
+            task.set_phase(TRANSFERRING, None);
+        }
+        let event = Event::Progress {
+            written: now.saturating_sub(*reported),
+            total_written: now,
+            expected: progress.expected(),
+        };
+        state.emit(id, event);
+        *reported = now;
+    }
+
+    /// Records how a run ended, with its events: the file placed, a failure, or the state a
+    /// stop asked for. After shutdown nothing is recorded: the session is gone.
+    fn record_end(&self, id: TaskId, result: Result<Finished, Failure>, staging: &Path) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let mut state = self.state();
+        let Some(task) = state.tasks.get_mut(&id) else {
+            return;
+        };
+        let stop = task.run.take().and_then(|r| r.stop);
+        match result {
+            Ok(finished) => record_success(&mut state, &self.folder.inbox(), id, finished),
+            Err(failure) => match (stop, failure.error.kind()) {
+                (Some(Stop::Cancel { reason, keep }), ErrorKind::Cancelled) => {
+                    self.cancel_locked(&mut state, id, reason, keep, failure.checkpoint);
+                }
+                (Some(stop), ErrorKind::Cancelled) => pause(task, stop, failure),
+                _ => record_failure(&mut state, id, failure, staging),
+            },
+        }
+    }
+
+    /// The engine's reports, as events and phase changes.
+    fn observe(&self, id: TaskId, event: ferry_engine::Event<'_>) {
+        let mut state = self.state();
+        let Some(task) = state.tasks.get_mut(&id) else {
+            return;
+        };
+        // Reports of a run whose task has moved to a new URL do not describe its URL.
+        let current = task.run.as_ref().is_some_and(|r| r.url == task.request.url);
+        let event = match event {
+            ferry_engine::Event::Checkpoint(cp) => {
+                if current {
+                    task.info.bytes_total = cp.total.or(task.info.bytes_total);
+                    task.info.current_url = Some(cp.current_url.clone());
+                    task.checkpoint = Some(cp.clone());
+                }
+                return;
+            }
+            ferry_engine::Event::Redirected { from, to, status } => {
+                if current {
+                    task.info.current_url = Some(to.to_string());
+                }
+                Event::Redirected {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    status,
+                }
+            }
+            ferry_engine::Event::ResumedAtOffset { offset, expected } => {
+                task.set_phase(TRANSFERRING, None);
+                Event::ResumedAtOffset { offset, expected }
+            }
+            ferry_engine::Event::Retrying {
+                attempt,
+                delay,
+                error,
+            } => {
+                let error = error_info(error);
+                task.set_phase(RETRY_WAIT, Some(error.clone()));
+                Event::Retrying {
+                    attempt,
+                    delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    error,
+                }
+            }
+            _ => return,
+        };
+        state.emit(id, event);
+    }
+}
+
+/// A stopped run that is not a cancellation: the task keeps its bytes and waits (preempted,
+/// or its URL changed) or is suspended.
+fn pause(task: &mut Task, stop: Stop, failure: Failure) {
+    task.info.state = if stop == Stop::Suspend {
+        TaskState::Suspended
+    } else {
+        WAITING
+    };
+    if let Some(cp) = &failure.checkpoint {
+        task.info.bytes_done = cp.bytes();
+        task.info.bytes_total = cp.total.or(task.info.bytes_total);
+    }
+    task.checkpoint = failure.checkpoint;
+}
+
+fn record_failure(state: &mut State, id: TaskId, failure: Failure, staging: &Path) {
+    let Some(task) = state.tasks.get_mut(&id) else {
+        return;
+    };
+    let error = error_info(&failure.error);
+    // A full disk keeps the bytes for a later retry, as in the daemon.
+    if error.code == "no_space" {
+        task.checkpoint = failure.checkpoint;
+    } else {
+        task.checkpoint = None;
+        remove_quietly(staging);
+    }
+    let status = error.status;
+    state.complete(id, Outcome::Failed { error }, status);
+}
+
+fn record_success(state: &mut State, inbox: &Path, id: TaskId, finished: Finished) {
+    let Finished { done, body } = finished;
+    let Some(task) = state.tasks.get_mut(&id) else {
+        return;
+    };
+    task.checkpoint = None;
+    task.info.bytes_done = done.bytes;
+    task.info.bytes_total = Some(done.bytes);
+    task.info.current_url = Some(done.final_url.to_string());
+    match &mut task.kind {
+        Kind::Data(slot) => *slot = Body::Ready(body.unwrap_or_default()),
+        Kind::Download => {
+            let location = done.path.to_string_lossy().into_owned();
+            task.info.location = Some(location.clone());
+            let seq = state.emit(id, Event::FinishedDownloading { location });
+            // A file in the runtime's inbox lives until its event is acknowledged.
+            if let Some(seq) = seq
+                && done.path.starts_with(inbox)
+            {
+                state.journal.delete_when_acked(seq, done.path.clone());
+            }
+        }
+    }
+    state.complete(id, Outcome::Succeeded, Some(done.status));
+}
+
+/// Hands the engine's reports for task `id` to the runtime.
+struct TaskObserver<'a> {
+    shared: &'a Shared,
+    id: TaskId,
+}
+
+impl ferry_engine::Observer for TaskObserver<'_> {
+    fn on_event(&self, event: ferry_engine::Event<'_>) {
+        self.shared.observe(self.id, event);
+    }
+}

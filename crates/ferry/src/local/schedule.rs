@@ -1,0 +1,268 @@
+//! Which waiting task runs next, and starting it.
+//!
+//! One loop per runtime: it starts what the limits allow, then sleeps until something may
+//! have changed — a wake-up (a task created, resumed or ended, a priority changed) or the
+//! next `earliest_begin` — or until shutdown. Tasks start highest priority first, then in id
+//! order; `low` ones only while nothing more urgent waits. The limits are the session's:
+//! `max_concurrent`, `group_max_concurrent` and `max_per_host` (host and port, counted in this
+//! session, since the process has no daemon-wide view).
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_engine::{Destination, DownloadSpec, Limits};
+use ferry_proto::{ErrorInfo, Outcome, Priority, TaskId};
+
+use super::run;
+use super::state::{CONNECTING, Kind, Run, Shared, State, Stop, Task, WAITING};
+use super::validate;
+
+/// Connections per download unless the task says otherwise (the daemon's default).
+const DEFAULT_CONNECTIONS: usize = 8;
+
+/// Runs the scheduling loop until shutdown.
+pub(super) async fn run_loop(shared: Arc<Shared>) {
+    loop {
+        let next = shared.schedule();
+        let timer = async {
+            match next {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            () = timer => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Running transfers counted by the scopes that limit them.
+#[derive(Debug, Default)]
+struct Load {
+    total: usize,
+    groups: HashMap<String, usize>,
+    hosts: HashMap<String, usize>,
+}
+
+impl Load {
+    fn add(&mut self, group: Option<&str>, host: &str) {
+        self.total += 1;
+        if let Some(g) = group {
+            *self.groups.entry(g.to_owned()).or_default() += 1;
+        }
+        *self.hosts.entry(host.to_owned()).or_default() += 1;
+    }
+
+    fn group(&self, group: &str) -> usize {
+        self.groups.get(group).copied().unwrap_or(0)
+    }
+
+    fn host(&self, host: &str) -> usize {
+        self.hosts.get(host).copied().unwrap_or(0)
+    }
+}
+
+/// The host and port a URL connects to, for `max_per_host`.
+fn host_of(url: &str) -> String {
+    ferry_engine::parse_url(url)
+        .map(|u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or(""),
+                u.port_or_known_default().unwrap_or(0)
+            )
+        })
+        .unwrap_or_default()
+}
+
+impl Shared {
+    /// Starts what the limits allow; returns how long until a task's `earliest_begin` comes,
+    /// if one is waiting for it.
+    fn schedule(self: &Arc<Self>) -> Option<Duration> {
+        let mut state = self.state();
+        let now = unix_now();
+        let mut waiting: Vec<(Priority, TaskId, Option<i64>)> = state
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.info.state == WAITING)
+            .map(|(id, t)| (t.info.priority, *id, t.request.earliest_begin))
+            .collect();
+        waiting.sort_by_key(|(priority, id, _)| (Reverse(*priority), *id));
+        let due = |begin: Option<i64>| begin.is_none_or(|t| t <= now);
+        let next_begin = waiting
+            .iter()
+            .filter_map(|(_, _, begin)| begin.filter(|t| *t > now))
+            .min()
+            .map(|t| Duration::from_secs(u64::try_from(t - now).unwrap_or(0)));
+        // Discretionary (low) tasks wait while anything of a higher class is waiting.
+        let urgent_waiting = waiting
+            .iter()
+            .any(|(p, _, begin)| *p > Priority::Low && due(*begin));
+        let mut load = Load::default();
+        for task in state.tasks.values() {
+            if let Some(run) = &task.run {
+                load.add(task.info.group.as_deref(), &run.host);
+            }
+        }
+        let mut preempted = false;
+        for (priority, id, begin) in waiting {
+            if !due(begin) || (priority == Priority::Low && urgent_waiting) {
+                continue;
+            }
+            if load.total >= self.config.max_concurrent as usize {
+                if !preempted {
+                    preempted = preempt_below(&mut state, priority);
+                }
+                continue;
+            }
+            let Some(task) = state.tasks.get(&id) else {
+                continue;
+            };
+            let host = host_of(&task.request.url);
+            let group = task.info.group.clone();
+            let group_full = self
+                .config
+                .group_max_concurrent
+                .zip(group.as_deref())
+                .is_some_and(|(max, g)| load.group(g) >= max as usize);
+            if group_full || load.host(&host) >= self.config.max_per_host as usize {
+                continue;
+            }
+            load.add(group.as_deref(), &host);
+            self.start(&mut state, id, host);
+        }
+        next_begin
+    }
+
+    /// Moves a waiting task to `connecting` and spawns its transfer.
+    fn start(self: &Arc<Self>, state: &mut State, id: TaskId, host: String) {
+        let Some(task) = state.tasks.get_mut(&id) else {
+            return;
+        };
+        task.first_start.get_or_insert_with(Instant::now);
+        let spec = match self.spec(id, task) {
+            Ok(spec) => spec,
+            Err(error) => {
+                // A request that cannot even be built fails at once, with its events.
+                let status = error.status;
+                state.complete(id, Outcome::Failed { error }, status);
+                return;
+            }
+        };
+        let run = Run {
+            cancel: self.shutdown.child_token(),
+            stop: None,
+            progress: Arc::default(),
+            ended: Default::default(),
+            host,
+            url: task.request.url.clone(),
+        };
+        let handles = run::Handles {
+            cancel: run.cancel.clone(),
+            progress: run.progress.clone(),
+            ended: run.ended.clone(),
+            data: !task.is_download(),
+        };
+        task.run = Some(run);
+        task.set_phase(CONNECTING, None);
+        tokio::spawn(run::drive(self.clone(), id, spec, handles));
+    }
+
+    /// The engine's view of a task: session and task settings, and its checkpoint.
+    fn spec(&self, id: TaskId, task: &Task) -> Result<DownloadSpec, ErrorInfo> {
+        let request = &task.request;
+        let (destination, conflict) = match (&task.kind, &request.destination) {
+            (Kind::Data(_), _) => (
+                Destination::File(self.folder.data(id)),
+                ferry_engine::Conflict::Overwrite,
+            ),
+            (Kind::Download, Some(path)) => (
+                Destination::File(path.into()),
+                conflict(self.config.destination_conflict),
+            ),
+            (Kind::Download, None) => (
+                Destination::Folder(self.folder.inbox()),
+                conflict(self.config.destination_conflict),
+            ),
+        };
+        let mut spec = DownloadSpec::new(&request.url, self.folder.staging(id), destination);
+        spec.conflict = conflict;
+        spec.headers =
+            validate::headers(self.config.headers.0.iter().chain(request.headers.0.iter()))?;
+        spec.checksum = request
+            .checksum
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(validate::invalid)?;
+        spec.connections = request
+            .connections
+            .map_or(DEFAULT_CONNECTIONS, |c| c as usize)
+            .max(1);
+        spec.checkpoint = task.checkpoint.clone().map(|mut cp| {
+            // Bytes fetched from an older URL (`update_url`): the validators decide
+            // whether they still count.
+            if cp.url != request.url {
+                cp.url.clone_from(&request.url);
+                cp.current_url.clone_from(&request.url);
+            }
+            cp
+        });
+        let mut limits = Limits::none().with(self.session_limit.clone());
+        if let Some(limit) = &task.limit {
+            limits = limits.with(limit.clone());
+        }
+        spec.limits = limits;
+        spec.request_timeout = Duration::from_secs(self.config.request_timeout_secs.max(1));
+        let spent = task.first_start.map_or(Duration::ZERO, |t| t.elapsed());
+        let left = Duration::from_secs(self.config.resource_timeout_secs).saturating_sub(spent);
+        spec.resource_timeout = Some(left.max(Duration::from_millis(1)));
+        Ok(spec)
+    }
+}
+
+fn conflict(policy: ferry_proto::Conflict) -> ferry_engine::Conflict {
+    match policy {
+        ferry_proto::Conflict::Rename => ferry_engine::Conflict::Rename,
+        ferry_proto::Conflict::Overwrite => ferry_engine::Conflict::Overwrite,
+        ferry_proto::Conflict::Fail => ferry_engine::Conflict::Fail,
+    }
+}
+
+/// Pauses the lowest-priority running task below `priority` (the newest among equals), which
+/// then waits again with its bytes kept. One preemption at a time: none while an earlier one
+/// is still stopping. Returns whether one was paused.
+fn preempt_below(state: &mut State, priority: Priority) -> bool {
+    let stopping = state.tasks.values().any(|t| {
+        t.run
+            .as_ref()
+            .is_some_and(|r| r.stop == Some(Stop::Preempt))
+    });
+    if stopping {
+        return false;
+    }
+    let victim = state
+        .tasks
+        .iter_mut()
+        .filter(|(_, t)| {
+            t.info.priority < priority && t.run.as_ref().is_some_and(|r| r.stop.is_none())
+        })
+        .min_by_key(|(id, t)| (t.info.priority, Reverse(**id)));
+    match victim.and_then(|(_, t)| t.run.as_mut()) {
+        Some(run) => {
+            run.stop(Stop::Preempt);
+            true
+        }
+        None => false,
+    }
+}

@@ -1,0 +1,115 @@
+//! Checks on what a client asks for, with the daemon's rules and error codes, so a request
+//! is refused the same way whichever kind of session it goes to.
+
+use std::path::Path;
+
+use ferry_engine::http::{HeaderMap, HeaderName, HeaderValue};
+use ferry_proto::{DownloadRequest, ErrorInfo, TaskId, TaskState};
+
+/// Longest tag accepted (SPEC §5).
+const MAX_TAG_BYTES: usize = 4096;
+
+/// Checks a download request as the daemon's `create_download` does; nothing is created when
+/// this fails.
+pub(super) fn request(request: &DownloadRequest) -> Result<(), ErrorInfo> {
+    ferry_engine::parse_url(&request.url).map_err(|e| error_info(&e))?;
+    if let Some(dest) = &request.destination
+        && !Path::new(dest).is_absolute()
+    {
+        return Err(invalid(format!(
+            "destination {dest:?} must be an absolute path"
+        )));
+    }
+    if let Some(checksum) = &request.checksum {
+        checksum
+            .parse::<ferry_engine::Checksum>()
+            .map_err(invalid)?;
+    }
+    if request
+        .tag
+        .as_ref()
+        .is_some_and(|t| t.len() > MAX_TAG_BYTES)
+    {
+        return Err(invalid(format!(
+            "the tag is longer than {MAX_TAG_BYTES} bytes"
+        )));
+    }
+    if let Some(group) = &request.group {
+        self::group(group)?;
+    }
+    if request.connections.is_some_and(|c| !(1..=64).contains(&c)) {
+        return Err(invalid("connections must be between 1 and 64"));
+    }
+    headers(request.headers.0.iter())?;
+    Ok(())
+}
+
+/// Group names: 1–256 bytes without control characters.
+pub(super) fn group(group: &str) -> Result<(), ErrorInfo> {
+    if (1..=256).contains(&group.len()) && !group.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "group name {group:?} must be 1 to 256 bytes without control characters"
+        )))
+    }
+}
+
+/// Session ids name folders in the daemon; an in-process session follows the same rule so
+/// the id means the same thing everywhere.
+pub(super) fn session_id(session: &str) -> Result<(), ErrorInfo> {
+    let valid = (1..=128).contains(&session.len())
+        && !session.starts_with('.')
+        && session
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "session id {session:?} must be 1 to 128 letters, digits, '.', '_' or '-', \
+             not starting with '.'"
+        )))
+    }
+}
+
+/// Header pairs as a map; a bad name or value is an `invalid_request`.
+pub(super) fn headers<'a>(
+    pairs: impl Iterator<Item = &'a (String, String)>,
+) -> Result<HeaderMap, ErrorInfo> {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid(format!("bad header name {name:?}")))?;
+        let v = HeaderValue::from_str(value)
+            .map_err(|_| invalid(format!("bad value for header {name}")))?;
+        map.append(n, v);
+    }
+    Ok(map)
+}
+
+/// The wire form of an engine error, with its cause chain (as the daemon reports it).
+pub(super) fn error_info(error: &ferry_engine::Error) -> ErrorInfo {
+    ErrorInfo {
+        code: error.kind().code().to_owned(),
+        message: ferry_engine::display_chain(error),
+        transient: error.is_transient(),
+        status: error.status(),
+    }
+}
+
+pub(super) fn invalid(message: impl Into<String>) -> ErrorInfo {
+    ErrorInfo::new("invalid_request", message)
+}
+
+pub(super) fn unknown_task(task: TaskId) -> ErrorInfo {
+    ErrorInfo::new("unknown_task", format!("there is no task {task}"))
+}
+
+/// The daemon's answer to a control request that does not fit the task's state.
+pub(super) fn invalid_state(verb: &str, task: TaskId, state: TaskState) -> ErrorInfo {
+    ErrorInfo::new(
+        "invalid_state",
+        format!("cannot {verb} task {task}: it is {}", state.name()),
+    )
+}
