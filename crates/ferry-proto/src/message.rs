@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub type TaskId = u64;
 
 /// What a client sends.
+// A frame is decoded once and moved to its handler; boxing the request would only change
+// the API of every client.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "frame", rename_all = "snake_case")]
 pub enum ClientFrame {
@@ -230,6 +233,11 @@ pub enum Request {
     },
     /// The daemon's status.
     Status,
+    /// Every session the daemon knows, in id order.
+    ListSessions,
+    /// Stops the daemon as SIGTERM does (running transfers are checkpointed and wait for
+    /// the next start), after answering `done` and closing this connection.
+    Shutdown,
 }
 
 /// Successful answers.
@@ -281,6 +289,11 @@ pub enum Response {
         /// The group.
         group: GroupInfo,
     },
+    /// Sessions, in id order.
+    Sessions {
+        /// The sessions.
+        sessions: Vec<SessionInfo>,
+    },
     /// The request was carried out; nothing to report.
     Done,
 }
@@ -306,6 +319,31 @@ pub struct GroupInfo {
     pub bytes_done: u64,
     /// Total size over all tasks, once every size is known.
     pub bytes_total: Option<u64>,
+}
+
+/// A session as `list_sessions` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The session id.
+    pub id: String,
+    /// The pid of the process attached to it, if one is (and the kernel told).
+    #[serde(default)]
+    pub attached_pid: Option<u32>,
+    /// Its tasks (removed ones not counted).
+    pub tasks: u64,
+    /// Of which not completed.
+    pub unfinished: u64,
+    /// Journaled events not yet acknowledged.
+    pub undelivered: u64,
+    /// Being invalidated: it takes no new tasks until its tasks have completed.
+    #[serde(default)]
+    pub invalidating: bool,
+    /// Terminated by the user (until the next attach).
+    #[serde(default)]
+    pub terminated: bool,
+    /// The program the daemon runs to deliver its events.
+    #[serde(default)]
+    pub launch_command: Option<Vec<String>>,
 }
 
 /// A session's configuration (SPEC §4). Every field has a default.
@@ -424,6 +462,11 @@ pub struct DownloadRequest {
     /// the server, reported in `finished_downloading`.
     #[serde(default)]
     pub destination: Option<String>,
+    /// Absolute path of a folder to save into under the name the server gives
+    /// (`Content-Disposition`, else the URL's last segment), with the session's conflict
+    /// policy; exclusive with `destination`.
+    #[serde(default)]
+    pub directory: Option<String>,
     /// Headers for this task, added to the session's.
     #[serde(default)]
     pub headers: Headers,
@@ -491,6 +534,10 @@ pub struct TaskInfo {
     /// For a download cancelled with its bytes kept: the blob to continue it from.
     #[serde(default)]
     pub resume_data: Option<String>,
+    /// The current transfer rate of a running task (bytes over roughly the last 3 seconds);
+    /// absent when it is not transferring.
+    #[serde(default)]
+    pub bytes_per_second: Option<u64>,
 }
 
 /// A task's state (SPEC §5).
@@ -758,6 +805,7 @@ mod tests {
             } => {
                 assert!(request.start, "start defaults to true");
                 assert_eq!(request.destination, None);
+                assert_eq!(request.directory, None);
             }
             other => panic!("{other:?}"),
         }
@@ -778,6 +826,44 @@ mod tests {
         assert_eq!(json["event"]["type"], "completed");
         assert_eq!(json["event"]["outcome"]["result"], "failed");
         assert_eq!(serde_json::from_value::<ServerFrame>(json).unwrap(), event);
+    }
+
+    #[test]
+    fn later_additions_are_optional_and_have_the_documented_shape() {
+        let req: Request =
+            serde_json::from_value(serde_json::json!({"type": "list_sessions"})).unwrap();
+        assert_eq!(req, Request::ListSessions);
+        let req: Request = serde_json::from_value(serde_json::json!({"type": "shutdown"})).unwrap();
+        assert_eq!(req, Request::Shutdown);
+        let request: DownloadRequest =
+            serde_json::from_value(serde_json::json!({"url": "http://h/f", "directory": "/tmp/d"}))
+                .unwrap();
+        assert_eq!(request.directory.as_deref(), Some("/tmp/d"));
+        // A task from a daemon that does not report a rate.
+        let task: TaskInfo = serde_json::from_value(serde_json::json!({
+            "id": 1, "session": "s", "url": "http://h/f", "current_url": null,
+            "destination": null, "location": null, "state": "suspended", "bytes_done": 0,
+            "bytes_total": null, "error": null, "tag": null, "priority": "normal"
+        }))
+        .unwrap();
+        assert_eq!(task.bytes_per_second, None);
+        let sessions = Response::Sessions {
+            sessions: vec![SessionInfo {
+                id: "s".into(),
+                attached_pid: Some(42),
+                tasks: 3,
+                unfinished: 1,
+                undelivered: 2,
+                invalidating: false,
+                terminated: false,
+                launch_command: None,
+            }],
+        };
+        let json = serde_json::to_value(&sessions).unwrap();
+        assert_eq!(json["type"], "sessions");
+        assert_eq!(json["sessions"][0]["attached_pid"], 42);
+        assert_eq!(json["sessions"][0]["undelivered"], 2);
+        assert_eq!(serde_json::from_value::<Response>(json).unwrap(), sessions);
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub enum ErrorKind {
     SessionClosed,
     /// The daemon could not be found, started or reached.
     Daemon,
+    /// No daemon runs for the home, and it was not to be started
+    /// ([`DaemonBuilder::start`](crate::DaemonBuilder::start)`(false)`); the message names
+    /// the home.
+    NotRunning,
     /// The connection to the daemon broke; the session reconnects by itself, so trying again
     /// usually succeeds.
     Disconnected,
@@ -149,6 +153,7 @@ fn kind_of(code: &str) -> ErrorKind {
         "io" => ErrorKind::Io,
         "disconnected" => ErrorKind::Disconnected,
         "daemon" | "unsupported_protocol" => ErrorKind::Daemon,
+        "not_running" => ErrorKind::NotRunning,
         _ => ErrorKind::Other,
     }
 }

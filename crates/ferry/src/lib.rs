@@ -144,6 +144,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # The daemon itself
+//! [`Daemon`] is a handle to `ferryd` that belongs to no session: its [status](Daemon::status),
+//! every [session](Daemon::sessions) and [task](Daemon::tasks), and
+//! [`shutdown`](Daemon::shutdown). With [`DaemonBuilder::start`]`(false)` it only looks:
+//! opening fails with [`ErrorKind::NotRunning`] when no daemon runs.
+//!
 //! # Errors
 //! Every fallible call returns [`Error`]: [`Error::kind`] says what went wrong,
 //! [`Error::is_transient`] whether trying again may help, [`Error::status`] the HTTP status
@@ -160,6 +166,7 @@
 #![deny(missing_docs)]
 
 mod daemon;
+mod daemon_handle;
 mod error;
 mod event;
 mod group;
@@ -168,11 +175,12 @@ mod resume;
 mod session;
 mod task;
 
+pub use daemon_handle::{Daemon, DaemonBuilder, DaemonStatus};
 pub use error::{Error, ErrorKind};
 pub use event::{Event, EventKind, Events};
 pub use ferry_proto::{
     CancelReason, Conflict, ErrorInfo, GroupInfo, Outcome, OutcomeKind, Priority, RunPhase,
-    SessionConfig, TaskId, TaskInfo, TaskState,
+    SessionConfig, SessionInfo, TaskId, TaskInfo, TaskState,
 };
 pub use futures_util::Stream;
 pub use group::Group;

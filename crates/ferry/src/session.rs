@@ -517,6 +517,7 @@ impl SessionBuilder {
                         take_over: self.take_over,
                     }),
                     client_name: self.client_name,
+                    start: daemon::Start::Always,
                 };
                 Backend::Daemon(daemon::Client::connect(options, sender).await?)
             }

@@ -164,12 +164,28 @@ pub(crate) fn absolute(path: &Path) -> Result<String, Error> {
     })
 }
 
+/// A folder to save into: absolute already (it is not resolved against this process's
+/// current folder, unlike a destination).
+fn absolute_folder(path: &Path) -> Result<String, Error> {
+    let invalid = |message: String| Error::new(ErrorKind::InvalidInput, "invalid_request", message);
+    if !path.is_absolute() {
+        return Err(invalid(format!(
+            "directory {} must be an absolute path",
+            path.display()
+        )));
+    }
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| invalid(format!("directory {path:?} is not valid UTF-8")))
+}
+
 /// The options downloads and data tasks share.
 #[derive(Debug, Clone)]
 struct Options {
     session: Session,
     request: DownloadRequest,
     destination: Option<PathBuf>,
+    directory: Option<PathBuf>,
 }
 
 impl Options {
@@ -179,6 +195,7 @@ impl Options {
             request: DownloadRequest {
                 url,
                 destination: None,
+                directory: None,
                 headers: Default::default(),
                 checksum: None,
                 priority: None,
@@ -190,6 +207,7 @@ impl Options {
                 start: true,
             },
             destination: None,
+            directory: None,
         }
     }
 
@@ -197,6 +215,7 @@ impl Options {
         let mut request = self.request;
         request.start = start;
         request.destination = self.destination.as_deref().map(absolute).transpose()?;
+        request.directory = self.directory.as_deref().map(absolute_folder).transpose()?;
         Ok((self.session, request))
     }
 }
@@ -286,6 +305,18 @@ impl DownloadBuilder {
     /// the event is acknowledged.
     pub fn destination(mut self, path: impl Into<PathBuf>) -> DownloadBuilder {
         self.options.destination = Some(path.into());
+        self
+    }
+
+    /// Saves into this folder (created if missing) under the name the server gives — its
+    /// `Content-Disposition`, else the URL's last segment — with the session's
+    /// [conflict policy](crate::SessionBuilder::destination_conflict); the path comes in the
+    /// [`FinishedDownloading`](crate::EventKind::FinishedDownloading) event and
+    /// [`TaskInfo::location`]. The path must be absolute, and excludes
+    /// [`destination`](DownloadBuilder::destination): otherwise [`start`](Self::start) and
+    /// [`create`](Self::create) fail with [`ErrorKind::InvalidInput`].
+    pub fn directory(mut self, path: impl Into<PathBuf>) -> DownloadBuilder {
+        self.options.directory = Some(path.into());
         self
     }
 

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use ferry_proto::{
     CancelReason, DownloadRequest, ErrorInfo, Event, EventFrame, GroupInfo, Headers, OutcomeKind,
-    Request, Response, ServerFrame, SessionConfig, TaskInfo, TaskState,
+    Request, Response, RunPhase, ServerFrame, SessionConfig, SessionInfo, TaskInfo, TaskState,
 };
 use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
 
 use crate::home::{Layout, valid_session_id};
 use crate::hub::{ConnectionId, Hub};
@@ -30,6 +31,9 @@ pub struct Context {
     pub layout: Layout,
     /// Resume data's key and area.
     pub keeper: Keeper,
+    /// Cancelled when a client asks the daemon to stop (`shutdown`); `run` then stops as on
+    /// SIGTERM.
+    pub stop: CancellationToken,
 }
 
 /// The connection a request came on.
@@ -109,6 +113,10 @@ pub async fn handle(ctx: &Context, peer: &Peer, id: u64, request: Request) -> Op
             group_control(ctx, session, group, GroupAction::Cancel).await
         }
         Request::Status => status(ctx).await,
+        Request::ListSessions => list_sessions(ctx).await,
+        // The connection answers, closes, then cancels `ctx.stop` (see `server`): the
+        // answer is on the socket before the daemon stops.
+        Request::Shutdown => Ok(Response::Done),
     };
     Some(match result {
         Ok(response) => ServerFrame::Response { id, response },
@@ -232,13 +240,17 @@ async fn ack(ctx: &Context, session: String, seq: u64) -> Result<Response, Error
 
 fn validate(request: &DownloadRequest) -> Result<(), ErrorInfo> {
     ferry_engine::parse_url(&request.url).map_err(|e| scheduler::error_info(&e))?;
-    if let Some(dest) = &request.destination
-        && !Path::new(dest).is_absolute()
-    {
-        return Err(ErrorInfo::new(
-            "invalid_request",
-            format!("destination {dest:?} must be an absolute path"),
-        ));
+    if let Some(dest) = &request.destination {
+        check_path("destination", dest)?;
+    }
+    if let Some(dir) = &request.directory {
+        check_path("directory", dir)?;
+        if request.destination.is_some() {
+            return Err(ErrorInfo::new(
+                "invalid_request",
+                "destination and directory exclude each other: give one of them",
+            ));
+        }
     }
     if let Some(checksum) = &request.checksum {
         checksum
@@ -265,6 +277,23 @@ fn validate(request: &DownloadRequest) -> Result<(), ErrorInfo> {
         ));
     }
     scheduler::headers(request.headers.0.iter())?;
+    Ok(())
+}
+
+/// A `destination` or `directory`: an absolute path without NUL bytes.
+fn check_path(what: &str, path: &str) -> Result<(), ErrorInfo> {
+    if !Path::new(path).is_absolute() {
+        return Err(ErrorInfo::new(
+            "invalid_request",
+            format!("{what} {path:?} must be an absolute path"),
+        ));
+    }
+    if path.contains('\0') {
+        return Err(ErrorInfo::new(
+            "invalid_request",
+            format!("{what} {path:?} contains a NUL byte"),
+        ));
+    }
     Ok(())
 }
 
@@ -343,9 +372,22 @@ fn initial_state(start: bool) -> TaskState {
 }
 
 fn live(ctx: &Context, mut info: TaskInfo) -> TaskInfo {
-    if let Some((done, total)) = ctx.scheduler.live_progress(info.id) {
-        info.bytes_done = done;
-        info.bytes_total = total.or(info.bytes_total);
+    if let Some(live) = ctx.scheduler.live_progress(info.id) {
+        let connecting = TaskState::Running {
+            phase: RunPhase::Connecting,
+        };
+        let transferring = TaskState::Running {
+            phase: RunPhase::Transferring,
+        };
+        // The stored phase turns to transferring at the first checkpoint (about a second
+        // in); bytes beyond the stored count show it earlier.
+        if info.state == connecting && live.received > info.bytes_done {
+            info.state = transferring;
+        }
+        info.bytes_done = live.received;
+        info.bytes_total = live.expected.or(info.bytes_total);
+        let transferring = info.state == transferring;
+        info.bytes_per_second = live.bytes_per_second.filter(|_| transferring);
     }
     info
 }
@@ -529,6 +571,7 @@ async fn from_resume_data(
     let mut request = payload.request;
     if destination.is_some() {
         request.destination = destination;
+        request.directory = None;
     }
     request.headers.0.extend(headers.0);
     request.start = true;
@@ -653,4 +696,27 @@ async fn status(ctx: &Context) -> Result<Response, ErrorInfo> {
         home: ctx.layout.root.display().to_string(),
         tasks: counts,
     })
+}
+
+async fn list_sessions(ctx: &Context) -> Result<Response, ErrorInfo> {
+    let rows = read(ctx, sessions::summaries).await?;
+    let attached = ctx.hub.attached_pids();
+    let sessions = rows
+        .into_iter()
+        .map(|row| SessionInfo {
+            attached_pid: attached
+                .get(&row.id)
+                .copied()
+                .flatten()
+                .and_then(|pid| u32::try_from(pid).ok()),
+            id: row.id,
+            tasks: row.tasks,
+            unfinished: row.unfinished,
+            undelivered: row.undelivered,
+            invalidating: row.invalidating,
+            terminated: row.terminated,
+            launch_command: row.config.launch_command,
+        })
+        .collect();
+    Ok(Response::Sessions { sessions })
 }

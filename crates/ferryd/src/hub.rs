@@ -122,6 +122,15 @@ impl Hub {
             .is_some_and(|a| !a.sender.is_closed())
     }
 
+    /// The sessions with a live attached connection, with the client's pid when known.
+    pub fn attached_pids(&self) -> HashMap<String, Option<i32>> {
+        self.lock()
+            .iter()
+            .filter(|(_, a)| !a.sender.is_closed())
+            .map(|(session, a)| (session.clone(), a.pid))
+            .collect()
+    }
+
     /// Sends a frame to the attached connection of `session`, if any.
     pub fn send_to(&self, session: &str, frame: ServerFrame) {
         if let Some(a) = self.lock().get(session) {

@@ -5,8 +5,8 @@
 //! (`ferry-proto`) on a Unix socket ([`server`]). A client that is attached to a session
 //! receives its events live; otherwise they wait in the journal until it attaches again.
 //!
-//! Start it with [`run`] (the `ferryd` binary does); it stops on SIGTERM or SIGINT after
-//! checkpointing every running transfer.
+//! Start it with [`run`] (the `ferryd` binary does); it stops on SIGTERM, SIGINT or a
+//! client's `shutdown` request after checkpointing every running transfer.
 
 pub mod handlers;
 pub mod home;
@@ -72,7 +72,7 @@ fn env_number(name: &str) -> Result<Option<u64>> {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Runs the daemon until SIGTERM, SIGINT or a client's `shutdown` request.
 ///
 /// # Errors
 /// When another daemon serves the same `FERRY_HOME`, the store is unusable (the message says
@@ -117,12 +117,14 @@ async fn serve(config: DaemonConfig, store: Arc<Store>, hub: Arc<Hub>) -> Result
         .with_context(|| format!("while restricting {}", socket.display()))?;
 
     let shutdown = CancellationToken::new();
+    let requested = CancellationToken::new();
     let ctx = Arc::new(Context {
         store,
         hub,
         scheduler: scheduler.clone(),
         layout: layout.clone(),
         keeper,
+        stop: requested.clone(),
     });
     let launcher = Arc::new(launcher::Launcher::new(
         ctx.store.clone(),
@@ -134,7 +136,10 @@ async fn serve(config: DaemonConfig, store: Arc<Store>, hub: Arc<Hub>) -> Result
     let scheduling = tokio::spawn(scheduler.run(shutdown.clone()));
     tracing::info!(home = %layout.root.display(), pid = std::process::id(), "ferryd ready");
 
-    wait_for_signal().await?;
+    tokio::select! {
+        signalled = wait_for_signal() => signalled?,
+        () = requested.cancelled() => tracing::info!("a client asked ferryd to stop"),
+    }
     tracing::info!("stopping: checkpointing running transfers");
     shutdown.cancel();
     let _ = accept.await;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry_proto::frame::{FrameError, read_frame, write_frame};
-use ferry_proto::{ClientFrame, ErrorInfo, PROTOCOL_VERSION, ServerFrame};
+use ferry_proto::{ClientFrame, ErrorInfo, PROTOCOL_VERSION, Request, ServerFrame};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,9 @@ use crate::handlers::{self, Context};
 
 /// How long a client may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the answer to `shutdown` may take to reach the client before the daemon stops.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
 /// Accepts connections until `shutdown`.
 pub async fn accept_loop(listener: UnixListener, ctx: Arc<Context>, shutdown: CancellationToken) {
@@ -109,6 +112,8 @@ async fn serve(stream: UnixStream, connection: u64, uid: u32, ctx: Arc<Context>)
         }
     });
 
+    // A `shutdown` request: answered, this connection closed, then the daemon stops.
+    let mut stop_daemon = false;
     if let Err(error) = handshake(&mut reader, &tx).await {
         let _ = tx.send(ServerFrame::Error { id: None, error });
     } else {
@@ -120,8 +125,13 @@ async fn serve(stream: UnixStream, connection: u64, uid: u32, ctx: Arc<Context>)
         loop {
             match read_frame::<ClientFrame>(&mut reader).await {
                 Ok(ClientFrame::Request { id, request }) => {
+                    let shutdown = matches!(request, Request::Shutdown);
                     if let Some(frame) = handlers::handle(&ctx, &peer, id, request).await {
                         let _ = tx.send(frame);
+                    }
+                    if shutdown {
+                        stop_daemon = true;
+                        break;
                     }
                 }
                 Ok(ClientFrame::Hello { .. }) => {
@@ -149,7 +159,15 @@ async fn serve(stream: UnixStream, connection: u64, uid: u32, ctx: Arc<Context>)
     }
     ctx.hub.detach_all(connection);
     drop(tx);
-    let _ = outbound.await;
+    // Every frame queued for this connection (the answer to `shutdown` too) is written
+    // before the writer ends; a client that reads nothing does not hold a shutdown up.
+    if stop_daemon {
+        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, outbound).await;
+        tracing::info!(connection, "shutdown requested");
+        ctx.stop.cancel();
+    } else {
+        let _ = outbound.await;
+    }
 }
 
 async fn handshake(

@@ -35,10 +35,24 @@ pub(crate) struct Options {
     pub home: PathBuf,
     /// The `ferryd` to start (`None`: look for it).
     pub program: Option<PathBuf>,
+    /// The session (unused without `attach`: nothing session-scoped is sent then).
     pub session: String,
     /// `None`: control only — requests, no events (another process may be attached).
     pub attach: Option<Attach>,
     pub client_name: String,
+    /// When to start `ferryd` if none runs.
+    pub start: Start,
+}
+
+/// When a client starts `ferryd` if none runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// On every (re)connection: a session outlives daemon restarts.
+    Always,
+    /// On the first connection only; reconnects wait for a daemon someone else starts.
+    FirstOnly,
+    /// Never: the first connection fails with `not_running`.
+    Never,
 }
 
 #[derive(Debug, Clone)]
@@ -262,7 +276,12 @@ fn give_up(shared: &Shared, info: ErrorInfo) {
 /// Connects, says hello and attaches; publishes the new link and returns its reading half.
 async fn establish(shared: &Arc<Shared>, reconnect: bool) -> Result<OwnedReadHalf, Error> {
     let options = &shared.options;
-    let stream = spawn::connect_or_start(&options.home, options.program.as_deref()).await?;
+    let start = match options.start {
+        Start::Always => true,
+        Start::FirstOnly => !reconnect,
+        Start::Never => false,
+    };
+    let stream = spawn::connect_or_start(&options.home, options.program.as_deref(), start).await?;
     let (mut reader, mut writer) = stream.into_split();
     write_frame(
         &mut writer,

@@ -38,10 +38,12 @@ pub(crate) fn socket(home: &Path) -> PathBuf {
     home.join("ferryd.sock")
 }
 
-/// Connects to the daemon of `home`, starting it first when nothing listens.
+/// Connects to the daemon of `home`, starting it first when nothing listens — or, when
+/// `start` is false, failing with [`ErrorKind::NotRunning`].
 pub(crate) async fn connect_or_start(
     home: &Path,
     program: Option<&Path>,
+    start: bool,
 ) -> Result<UnixStream, Error> {
     let socket = socket(home);
     match UnixStream::connect(&socket).await {
@@ -54,7 +56,18 @@ pub(crate) async fn connect_or_start(
             )));
         }
     }
-    start(home, program).await
+    if !start {
+        return Err(Error::new(
+            ErrorKind::NotRunning,
+            "not_running",
+            format!(
+                "no ferryd is running for {} (nothing listens on {})",
+                home.display(),
+                socket.display()
+            ),
+        ));
+    }
+    self::start(home, program).await
 }
 
 /// No daemon listens: the socket is missing, or left over by one that died.

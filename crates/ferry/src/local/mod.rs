@@ -14,7 +14,8 @@
 //! - task ids are unique in the process; `status` reports the process and `home`
 //!   `"in-process"`; the configuration is the one given to `new` (`attach` does not change
 //!   it), and `max_per_host` counts this session's transfers only;
-//! - data tasks ([`Runtime::create_data`]) keep a body in memory.
+//! - data tasks ([`Runtime::create_data`]) keep a body in memory;
+//! - `bytes_per_second` is not reported; `list_sessions` and `shutdown` are `unsupported`.
 //!
 //! Layout: `state` (tasks, events, the lock), `schedule` (the loop that starts tasks),
 //! `run` (one transfer on the engine and how it ends), `control` (requests on existing
@@ -199,11 +200,15 @@ impl Runtime {
                 self.group(&session, &group, GroupAction::Cancel).await
             }
             Request::Status => Ok(self.status()),
+            Request::ListSessions | Request::Shutdown => Err(ErrorInfo::new(
+                "unsupported",
+                "list_sessions and shutdown are daemon requests; an in-process session has no daemon",
+            )),
         }
     }
 
     /// Creates a data task: the response body is kept in memory. It takes a download's
-    /// options; `destination` is ignored.
+    /// options; `destination` and `directory` are ignored.
     ///
     /// # Errors
     /// As `create_download`.
@@ -214,6 +219,7 @@ impl Runtime {
         self.shared.check_open()?;
         let request = DownloadRequest {
             destination: None,
+            directory: None,
             ..request
         };
         validate::request(&request)?;
@@ -291,6 +297,7 @@ impl Runtime {
         let mut request = payload.request;
         if destination.is_some() {
             request.destination = destination;
+            request.directory = None;
         }
         request.headers.0.extend(headers.0);
         request.start = true;

@@ -190,10 +190,21 @@ impl Shared {
                 Destination::File(path.into()),
                 conflict(self.config.destination_conflict),
             ),
-            (Kind::Download, None) => (
-                Destination::Folder(self.folder.inbox()),
-                conflict(self.config.destination_conflict),
-            ),
+            (Kind::Download, None) => {
+                let folder: std::path::PathBuf = match &request.directory {
+                    Some(dir) => {
+                        std::fs::create_dir_all(dir).map_err(|e| {
+                            ErrorInfo::new("io", format!("cannot create the folder {dir}: {e}"))
+                        })?;
+                        dir.into()
+                    }
+                    None => self.folder.inbox(),
+                };
+                (
+                    Destination::Folder(folder),
+                    conflict(self.config.destination_conflict),
+                )
+            }
         };
         let mut spec = DownloadSpec::new(&request.url, self.folder.staging(id), destination);
         spec.conflict = conflict;

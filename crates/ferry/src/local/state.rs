@@ -438,6 +438,7 @@ impl Task {
                 group: request.group.clone(),
                 priority,
                 resume_data: None,
+                bytes_per_second: None,
             },
             limit: request.rate_limit.map(RateLimiter::new),
             request,

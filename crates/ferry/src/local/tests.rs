@@ -40,6 +40,7 @@ fn request(url: String) -> DownloadRequest {
     DownloadRequest {
         url,
         destination: None,
+        directory: None,
         headers: Headers::default(),
         checksum: None,
         priority: None,
@@ -716,6 +717,20 @@ async fn rejects_invalid_requests_like_the_daemon() {
         ..request(f.url("/bytes/1"))
     };
     assert_eq!(code(f.ask(create(checksum)).await), "invalid_request");
+    for (directory, destination, mentions) in [
+        ("rel/dir", None, "absolute"),
+        ("/tmp/a\0b", None, "NUL"),
+        ("/tmp", Some(f.path("x")), "exclude"),
+    ] {
+        let folder = DownloadRequest {
+            directory: Some(directory.into()),
+            destination,
+            ..request(f.url("/bytes/1"))
+        };
+        let error = f.ask(create(folder)).await.unwrap_err();
+        assert_eq!(error.code, "invalid_request");
+        assert!(error.message.contains(mentions), "{error:?}");
+    }
 
     let elsewhere = f
         .ask(Request::CreateDownload {

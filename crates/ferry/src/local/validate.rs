@@ -13,12 +13,16 @@ const MAX_TAG_BYTES: usize = 4096;
 /// this fails.
 pub(super) fn request(request: &DownloadRequest) -> Result<(), ErrorInfo> {
     ferry_engine::parse_url(&request.url).map_err(|e| error_info(&e))?;
-    if let Some(dest) = &request.destination
-        && !Path::new(dest).is_absolute()
-    {
-        return Err(invalid(format!(
-            "destination {dest:?} must be an absolute path"
-        )));
+    if let Some(dest) = &request.destination {
+        path("destination", dest)?;
+    }
+    if let Some(dir) = &request.directory {
+        path("directory", dir)?;
+        if request.destination.is_some() {
+            return Err(invalid(
+                "destination and directory exclude each other: give one of them",
+            ));
+        }
     }
     if let Some(checksum) = &request.checksum {
         checksum
@@ -41,6 +45,17 @@ pub(super) fn request(request: &DownloadRequest) -> Result<(), ErrorInfo> {
         return Err(invalid("connections must be between 1 and 64"));
     }
     headers(request.headers.0.iter())?;
+    Ok(())
+}
+
+/// A `destination` or `directory`: an absolute path without NUL bytes.
+fn path(what: &str, path: &str) -> Result<(), ErrorInfo> {
+    if !Path::new(path).is_absolute() {
+        return Err(invalid(format!("{what} {path:?} must be an absolute path")));
+    }
+    if path.contains('\0') {
+        return Err(invalid(format!("{what} {path:?} contains a NUL byte")));
+    }
     Ok(())
 }
 

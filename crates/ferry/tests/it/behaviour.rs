@@ -552,3 +552,50 @@ async fn terminate_cancels_with_resume_data(kind: Kind) {
         matches!(&outcomes[&never.id()], Outcome::Cancelled { reason, resume_data: None } if *reason == user)
     );
 }
+
+both!(a_directory_saves_under_the_servers_name);
+async fn a_directory_saves_under_the_servers_name(kind: Kind) {
+    let server = TestServer::start().unwrap();
+    let s = Subject::open(kind, |b| b).await;
+    let mut events = s.session.events().unwrap();
+    let folder = s.file("downloads/today");
+    let task = s
+        .session
+        .download(server.url("/bytes/2000?seed=8&filename=report.pdf"))
+        .directory(&folder)
+        .start()
+        .await
+        .unwrap();
+    let seen = until_completed(&mut events, task.id()).await;
+    assert_eq!(names(&seen), ["finished_downloading", "completed"]);
+    let EventKind::FinishedDownloading { location } = seen[0].kind() else {
+        unreachable!()
+    };
+    assert_eq!(location, folder.join("report.pdf").to_str().unwrap());
+    assert_eq!(
+        std::fs::read(folder.join("report.pdf")).unwrap(),
+        content(8, 0, 2000)
+    );
+    let info = task.info().await.unwrap();
+    assert_eq!(info.location.as_deref(), Some(location.as_str()));
+
+    let relative = s
+        .session
+        .download(server.url("/bytes/1"))
+        .directory("relative/folder")
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(relative.kind(), ErrorKind::InvalidInput);
+    assert!(relative.to_string().contains("absolute"), "{relative}");
+    let both = s
+        .session
+        .download(server.url("/bytes/1"))
+        .directory(&folder)
+        .destination(s.file("x"))
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(both.kind(), ErrorKind::InvalidInput);
+    assert!(both.to_string().contains("exclude"), "{both}");
+}

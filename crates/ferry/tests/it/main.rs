@@ -6,6 +6,7 @@ mod fixture;
 
 mod background;
 mod behaviour;
+mod daemon;
 mod examples;
 mod in_process;
 mod seeds;

@@ -8,8 +8,9 @@
 //! so exactly one place writes a task's end.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_engine::http::{HeaderMap, HeaderName, HeaderValue};
 use ferry_engine::{
@@ -30,10 +31,12 @@ use crate::store::{Store, StoreError, TaskRow, sessions, tasks};
 mod control;
 mod end;
 mod observer;
+mod rate;
 
 pub use control::{GroupAction, invalid_state, unknown_task};
 use end::EndError;
 use observer::TaskObserver;
+use rate::RateSampler;
 
 const WAITING: TaskState = TaskState::Running {
     phase: RunPhase::Waiting,
@@ -103,8 +106,21 @@ struct Running {
     cancel: CancellationToken,
     stop: Arc<Mutex<Option<Stop>>>,
     progress: Arc<Progress>,
+    /// Samples of `progress`, for the transfer rate.
+    rate: RateSampler,
     /// Cancelled when the task's end has been recorded.
     finished: CancellationToken,
+}
+
+/// A running task's live numbers.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveProgress {
+    /// Bytes present.
+    pub received: u64,
+    /// The size, if known.
+    pub expected: Option<u64>,
+    /// Bytes per second over the last ~3 s, once that much has been seen.
+    pub bytes_per_second: Option<u64>,
 }
 
 /// The scheduler; shared by the connections (control requests) and its own loop.
@@ -191,11 +207,16 @@ impl Scheduler {
             .clone()
     }
 
-    /// Live bytes of a running task (fresher than the last checkpoint).
-    pub fn live_progress(&self, task: u64) -> Option<(u64, Option<u64>)> {
-        self.running()
-            .get(&task)
-            .map(|r| (r.progress.received(), r.progress.expected()))
+    /// Live bytes and rate of a running task (fresher than the last checkpoint).
+    pub fn live_progress(&self, task: u64) -> Option<LiveProgress> {
+        self.running().get_mut(&task).map(|r| {
+            let received = r.progress.received();
+            LiveProgress {
+                received,
+                expected: r.progress.expected(),
+                bytes_per_second: r.rate.rate(Instant::now(), received),
+            }
+        })
     }
 
     /// Progress events for every running task of `session` (the snapshot sent on attach).
@@ -264,12 +285,14 @@ impl Scheduler {
                 () = shutdown.cancelled() => return,
             }
             let frames: Vec<(String, ServerFrame)> = {
-                let running = self.running();
+                let mut running = self.running();
                 last.retain(|id, _| running.contains_key(id));
+                let at = Instant::now();
                 running
-                    .iter()
+                    .iter_mut()
                     .filter_map(|(id, r)| {
                         let now = r.progress.received();
+                        r.rate.record(at, now);
                         let before = last.insert(*id, now).unwrap_or(0);
                         (now != before).then(|| {
                             let frame = ServerFrame::Event(EventFrame {
@@ -405,6 +428,7 @@ impl Scheduler {
             cancel: CancellationToken::new(),
             stop: Arc::new(Mutex::new(None)),
             progress: Arc::new(Progress::default()),
+            rate: RateSampler::default(),
             finished: CancellationToken::new(),
         };
         let (cancel, progress, finished, stop) = (
@@ -504,18 +528,19 @@ impl Scheduler {
         spent_secs: u64,
     ) -> Result<DownloadSpec, ErrorInfo> {
         let request = &row.request;
-        let destination = match &request.destination {
-            Some(path) => Destination::File(path.into()),
-            None => {
-                let inbox = self.layout.inbox(&row.session);
-                std::fs::create_dir_all(&inbox).map_err(|e| {
-                    ErrorInfo::new(
-                        "io",
-                        format!("cannot create the inbox {}: {e}", inbox.display()),
-                    )
-                })?;
-                Destination::Folder(inbox)
-            }
+        let folder = |path: PathBuf, what: &str| {
+            std::fs::create_dir_all(&path).map_err(|e| {
+                ErrorInfo::new(
+                    "io",
+                    format!("cannot create {what} {}: {e}", path.display()),
+                )
+            })?;
+            Ok::<_, ErrorInfo>(Destination::Folder(path))
+        };
+        let destination = match (&request.destination, &request.directory) {
+            (Some(path), _) => Destination::File(path.into()),
+            (None, Some(dir)) => folder(dir.into(), "the folder")?,
+            (None, None) => folder(self.layout.inbox(&row.session), "the inbox")?,
         };
         let mut spec = DownloadSpec::new(&request.url, self.layout.staging(row.id), destination);
         spec.headers = headers(config.headers.0.iter().chain(request.headers.0.iter()))?;

@@ -348,6 +348,63 @@ pub mod sessions {
         Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
     }
 
+    /// A session with its counts, for `list_sessions`.
+    #[derive(Debug, Clone)]
+    pub struct Summary {
+        /// The session id.
+        pub id: String,
+        /// Its configuration.
+        pub config: SessionConfig,
+        /// Its tasks.
+        pub tasks: u64,
+        /// Of which not completed.
+        pub unfinished: u64,
+        /// Journaled events not yet acknowledged.
+        pub undelivered: u64,
+        /// Being invalidated.
+        pub invalidating: bool,
+        /// Terminated by the user and not attached since.
+        pub terminated: bool,
+    }
+
+    /// Every session with its counts, in id order.
+    pub fn summaries(conn: &Connection) -> Result<Vec<Summary>, StoreError> {
+        let mut stmt = conn.prepare(
+            "SELECT s.id, s.config, s.invalidating, s.terminated_at IS NOT NULL, \
+                    (SELECT COUNT(*) FROM tasks t WHERE t.session = s.id), \
+                    (SELECT COUNT(*) FROM tasks t WHERE t.session = s.id \
+                       AND t.state NOT IN ('succeeded', 'failed', 'cancelled')), \
+                    (SELECT COUNT(*) FROM journal j WHERE j.session = s.id) \
+             FROM sessions s ORDER BY s.id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+                r.get::<_, bool>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, config, invalidating, terminated, tasks, unfinished, undelivered) = row?;
+            out.push(Summary {
+                id,
+                config: serde_json::from_str(&config)?,
+                tasks: count(tasks),
+                unfinished: count(unfinished),
+                undelivered: count(undelivered),
+                invalidating,
+                terminated,
+            });
+        }
+        Ok(out)
+    }
+
     /// Every session with its configuration.
     pub fn all(conn: &Connection) -> Result<Vec<(String, SessionConfig)>, StoreError> {
         let mut stmt = conn.prepare("SELECT id, config FROM sessions ORDER BY id")?;

@@ -68,6 +68,7 @@ impl TaskRow {
             group: self.request.group.clone(),
             priority: self.priority,
             resume_data: self.resume_data.clone(),
+            bytes_per_second: None,
         }
     }
 }

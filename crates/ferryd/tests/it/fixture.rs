@@ -82,6 +82,23 @@ impl Daemon {
         child.wait().unwrap()
     }
 
+    /// Waits until the daemon exits by itself, and returns its exit status.
+    pub async fn exited(&mut self) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the daemon did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(&self.socket()).await
     }
@@ -315,6 +332,7 @@ pub fn download(url: String, dest: Option<&Path>) -> DownloadRequest {
     DownloadRequest {
         url,
         destination: dest.map(|d| d.display().to_string()),
+        directory: None,
         headers: Default::default(),
         checksum: None,
         priority: None,

@@ -5,6 +5,7 @@
 mod fixture;
 
 mod access;
+mod admin;
 mod durability;
 mod groups;
 mod journal;

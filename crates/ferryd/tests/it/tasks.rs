@@ -714,3 +714,148 @@ async fn remove_with_delete_file_deletes_the_file_or_the_kept_bytes() {
     assert!(err.message.contains("removed"), "{}", err.message);
     assert!(c.tasks(None).await.is_empty());
 }
+
+/// `directory`: the file lands in that folder (created if missing) under the server's
+/// name, with the session's conflict policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_gets_the_file_under_the_servers_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let folder = dir.path().join("downloads/new");
+    let mut locations = Vec::new();
+    for _ in 0..2 {
+        let mut req = download(server.url("/bytes/1000?seed=4&filename=report.pdf"), None);
+        req.directory = Some(folder.display().to_string());
+        let t = c.create("s", req).await;
+        assert_eq!(t.destination, None);
+        let done = wait_completed(&mut c, t.id).await;
+        assert_eq!(
+            done.state,
+            TaskState::Completed {
+                outcome: OutcomeKind::Succeeded
+            },
+            "{done:?}"
+        );
+        locations.push(done.location.unwrap());
+    }
+    assert_eq!(
+        locations,
+        [
+            folder.join("report.pdf").display().to_string(),
+            folder.join("report (1).pdf").display().to_string()
+        ]
+    );
+    for location in &locations {
+        assert_eq!(std::fs::read(location).unwrap(), content(4, 0, 1000));
+    }
+
+    let cases = [
+        (Some("relative/dir"), None, "absolute"),
+        (Some("/tmp/a\0b"), None, "NUL"),
+        (Some("/tmp"), Some("/tmp/f"), "exclude"),
+    ];
+    for (directory, destination, mentions) in cases {
+        let mut req = download(server.url("/bytes/1"), None);
+        req.directory = directory.map(str::to_owned);
+        req.destination = destination.map(str::to_owned);
+        let err = c
+            .request(Request::CreateDownload {
+                session: "s".into(),
+                request: req,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, "invalid_request", "{err:?}");
+        assert!(err.message.contains(mentions), "{err:?}");
+    }
+}
+
+/// A running transfer reports its rate; a task that does not transfer reports none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transferring_task_reports_its_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let rate: u64 = 400_000;
+    let mut req = download(
+        server.url(&format!("/bytes/40000000?rate={rate}")),
+        Some(&dir.path().join("slow.bin")),
+    );
+    req.connections = Some(1);
+    let t = c.create("s", req).await;
+    let mut held = download(server.url("/bytes/1000"), None);
+    held.start = false;
+    let suspended = c.create("s", held).await;
+
+    let socket = daemon.socket();
+    let deadline = tokio::time::Instant::now() + crate::fixture::PATIENCE;
+    let measured = loop {
+        let info = get_task(&mut c, t.id).await.unwrap();
+        if let Some(r) = info.bytes_per_second {
+            assert_eq!(
+                info.state,
+                TaskState::Running {
+                    phase: ferry_proto::RunPhase::Transferring
+                }
+            );
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no rate: {info:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(
+        (rate / 4..=rate * 4).contains(&measured),
+        "measured {measured} B/s for a {rate} B/s transfer"
+    );
+    // The list shows it too.
+    let listed = Client::connect(&socket).await.tasks(Some("s")).await;
+    assert!(
+        listed
+            .iter()
+            .any(|i| i.id == t.id && i.bytes_per_second.is_some())
+    );
+    assert_eq!(
+        get_task(&mut c, suspended.id)
+            .await
+            .unwrap()
+            .bytes_per_second,
+        None
+    );
+
+    c.request(Request::Suspend { task: t.id }).await.unwrap();
+    assert_eq!(get_task(&mut c, t.id).await.unwrap().bytes_per_second, None);
+}
+
+#[tokio::test]
+async fn a_task_receiving_bytes_is_transferring_before_its_first_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    // Checkpoints a minute apart: the stored phase stays `connecting` for the whole test.
+    let daemon = Daemon::start_with(&dir.path().join("home"), 60_000).await;
+    let mut c = daemon.client().await;
+    let mut req = download(
+        server.url("/bytes/40000000?rate=200000"),
+        Some(&dir.path().join("slow.bin")),
+    );
+    req.connections = Some(1);
+    let t = c.create("s", req).await;
+    let deadline = tokio::time::Instant::now() + crate::fixture::PATIENCE;
+    let info = loop {
+        let info = get_task(&mut c, t.id).await.unwrap();
+        if info.bytes_done > 0 {
+            break info;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no bytes: {info:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        info.state,
+        TaskState::Running {
+            phase: ferry_proto::RunPhase::Transferring
+        },
+        "{info:?}"
+    );
+}
