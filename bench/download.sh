@@ -51,7 +51,7 @@ done
 install_tools
 
 log "building ferry (release)"
-(cd "$REPO" && cargo build --release --quiet -p ferry-cli -p ferry-testserver)
+(cd "$REPO" && cargo build --release --quiet -p ferry-cli -p ferryd -p ferry-testserver)
 
 # --- scratch folder --------------------------------------------------------------------------
 make_workdir ferry-bench
@@ -61,6 +61,7 @@ SERVER_PID=
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    if [[ -n ${DAEMON_STARTED:-} ]]; then "$FERRY" daemon stop >&2 || true; fi
     stop_pid "$NGINX_PID" nginx 50
     stop_pid "$SERVER_PID" ferry-testserver 50
     if [[ $KEEP_WORKDIR == 1 ]]; then
@@ -88,8 +89,12 @@ mkdir -p "$BIN" "$WWW" "$OUT" "$NGX" "$FERRY_HOME"
 chmod 755 "$WORKDIR" "$WWW"
 
 # Copies, so a concurrent `cargo build` in the work tree cannot swap the binary mid-run.
-cp "$REPO/target/release/ferry" "$REPO/target/release/ferry-testserver" "$BIN/"
+cp "$REPO/target/release/ferry" "$REPO/target/release/ferryd" "$REPO/target/release/ferry-testserver" "$BIN/"
 FERRY=$BIN/ferry
+# `ferry get` hands the download to ferryd (found next to it) and waits for it; the daemon is
+# started here, untimed, and stopped on exit.
+"$FERRY" daemon start >&2
+DAEMON_STARTED=1
 
 log "creating $SIZE random bytes in $WWW/file.bin"
 head -c "$SIZE" /dev/urandom >"$WWW/file.bin"
@@ -203,7 +208,6 @@ timed_run() {
     local variant=$1 tool=$2 run=$3 url=$4 check_hash=$5 rc=0 t_wall t_user t_sys size sha
     set_cmd "$tool" "$variant" "$url"
     rm -f "$OUTFILE" "$OUTFILE.aria2"
-    rm -rf "$FERRY_HOME/staging"
     sync
     TIMEFORMAT='%3R %3U %3S'
     { time "${CMD[@]}" >/dev/null 2>"$WORKDIR/cmd.err"; } 2>"$WORKDIR/time.txt" || rc=$?

@@ -1,27 +1,97 @@
 //! `ferry`: background downloads for people at a terminal.
 //!
-//! For now `ferry get` runs the engine in the foreground; when the daemon lands it will hand
-//! its work to `ferryd` instead.
+//! The command is a client of the `ferry` library like any other application: `ferry get`
+//! hands downloads to the per-user daemon `ferryd` (started if needed) and only watches
+//! them, so Ctrl-C or a closed terminal never stops a transfer. Its own tasks live in the
+//! background session `ferry.cli`; every command takes `--session` to look at another.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
+mod client;
+mod daemon;
+mod follow;
+mod format;
 mod get;
-mod home;
+mod groups;
+mod input;
+mod sessions;
+mod tasks;
+
+/// Exit statuses scripts can rely on (also listed in `ferry --help`).
+pub mod exit {
+    /// An error stopped the command; stderr says which.
+    pub const ERROR: u8 = 1;
+    /// Bad usage or input: an unknown flag, a bad URL, a bad line of `-i FILE`.
+    pub const USAGE: u8 = 2;
+    /// A task failed (HTTP error, checksum mismatch, …).
+    pub const FAILED: u8 = 3;
+    /// A task was cancelled (and none failed).
+    pub const CANCELLED: u8 = 4;
+    /// Interrupted by Ctrl-C: the command stopped watching; the transfers go on.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+const EXIT_STATUSES: &str = "\
+Exit status:
+  0    every task succeeded (or the command did what it was asked)
+  1    an error stopped the command (one line on stderr says why)
+  2    bad usage or input
+  3    a task failed
+  4    a task was cancelled
+  130  interrupted (Ctrl-C): ferry stopped watching, the transfers go on
+
+Environment:
+  FERRY_HOME    where ferryd keeps its state (default: $XDG_STATE_HOME/ferry)
+  FERRY_DAEMON  the ferryd program to start (default: next to ferry, then $PATH)";
 
 /// ferry — downloads that cannot be lost.
+///
+/// Downloads are handed to the per-user daemon ferryd, which owns them: they go on when
+/// this command exits or the terminal closes, and survive a restart of the machine.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about)]
-struct Cli {
+#[command(name = "ferry", version, about, long_about, after_help = EXIT_STATUSES)]
+pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Download URLs; run the same command again after an interruption to continue.
+    /// Download URLs in the background and show their progress until they finish.
     Get(get::GetArgs),
+    /// List tasks: id, state, progress, speed, size, destination, error.
+    Ls(tasks::LsArgs),
+    /// Show live progress of running tasks.
+    Watch(tasks::WatchArgs),
+    /// Wait until tasks complete; exit 0 only if all succeeded.
+    Wait(tasks::WaitArgs),
+    /// Pause tasks, keeping their bytes.
+    Pause(tasks::PauseArgs),
+    /// Resume paused tasks, or continue a download from a resume-data file.
+    Resume(tasks::ResumeArgs),
+    /// Cancel tasks (deleting their bytes unless --keep-resume-data).
+    Cancel(tasks::CancelArgs),
+    /// Remove tasks from the list (cancelling unfinished ones first).
+    Rm(tasks::RmArgs),
+    /// Groups of tasks: list, pause, resume, cancel.
+    #[command(subcommand)]
+    Group(groups::GroupCommand),
+    /// Sessions: list, terminate, invalidate.
+    #[command(subcommand)]
+    Session(sessions::SessionCommand),
+    /// The ferryd daemon: start, stop, status.
+    #[command(subcommand)]
+    Daemon(daemon::DaemonCommand),
+    /// Print a shell completion script (e.g. `ferry completions bash > ~/.local/share/bash-completion/completions/ferry`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `ferry man > ferry.1 && man ./ferry.1`.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -34,25 +104,67 @@ fn main() -> ExitCode {
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferry: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::ERROR);
         }
     };
     let result = runtime.block_on(async {
         match cli.command {
             Command::Get(args) => get::run(args).await,
+            Command::Ls(args) => tasks::ls(args).await,
+            Command::Watch(args) => tasks::watch(args).await,
+            Command::Wait(args) => tasks::wait(args).await,
+            Command::Pause(args) => tasks::pause(args).await,
+            Command::Resume(args) => tasks::resume(args).await,
+            Command::Cancel(args) => tasks::cancel(args).await,
+            Command::Rm(args) => tasks::rm(args).await,
+            Command::Group(command) => groups::run(command).await,
+            Command::Session(command) => sessions::run(command).await,
+            Command::Daemon(command) => daemon::run(command).await,
+            Command::Completions { shell } => {
+                let mut out = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut out);
+                client::print_bytes(&out).map(|()| ExitCode::SUCCESS)
+            }
+            Command::Man => {
+                let mut out = Vec::new();
+                match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                    Ok(()) => client::print_bytes(&out).map(|()| ExitCode::SUCCESS),
+                    Err(e) => Err(anyhow::Error::new(e).context("while rendering the man page")),
+                }
+            }
         }
     });
     match result {
         Ok(code) => code,
+        // `ferry ls | head`: the reader went away; nothing is wrong.
+        Err(e) if client::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ferry: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("ferry: {}", one_line(&e));
+            ExitCode::from(client::exit_status(&e))
         }
     }
+}
+
+/// The error and its causes on one line, each cause once (a library error often repeats
+/// its source's text in its own message).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
 }

@@ -1,0 +1,373 @@
+//! Watching tasks until they complete: polling the daemon and drawing their progress.
+//!
+//! The command never attaches to a session (the application owning it may be attached,
+//! and two `ferry get`s may run at once in `ferry.cli`), so it reads task states four
+//! times a second instead of receiving events — cheap on a local socket.
+//!
+//! On a terminal: one bar per task and a total line, redrawn in place. Otherwise: plain
+//! lines, one when a task changes state and one a second while it transfers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ferry::{Daemon, ErrorKind, OutcomeKind, TaskId, TaskInfo, TaskState};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::{client, exit, format};
+
+const POLL: Duration = Duration::from_millis(250);
+/// Ask for tasks one by one up to this many; list the scope's tasks beyond it.
+const SINGLE_LOOKUPS: usize = 64;
+
+/// Which tasks to follow.
+pub enum Scope {
+    /// These tasks (their session, when known, makes listing cheaper).
+    Tasks {
+        ids: Vec<TaskId>,
+        session: Option<String>,
+    },
+    /// Whatever is unfinished in this session (all sessions: `None`), until none is.
+    Unfinished { session: Option<String> },
+}
+
+/// How the tasks ended.
+pub enum Ending {
+    /// Every followed task completed; the last state of each.
+    Completed(Vec<TaskInfo>),
+    /// Ctrl-C: the transfers go on.
+    Interrupted,
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Bars on a terminal, lines elsewhere.
+    Auto,
+    /// Only the result lines.
+    Quiet,
+    /// Nothing at all (`--json` prints at the end).
+    Silent,
+}
+
+pub async fn follow(daemon: &Daemon, scope: Scope, style: Style) -> Result<Ending> {
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("while watching Ctrl-C")?;
+    let mut display = Display::new(style);
+    let mut done: BTreeMap<TaskId, TaskInfo> = BTreeMap::new();
+    // Tasks seen unfinished: their completion is reported even when it falls between polls.
+    let mut seen: HashSet<TaskId> = HashSet::new();
+    let mut ticker = tokio::time::interval(POLL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = interrupt.recv() => {
+                display.clear();
+                return Ok(Ending::Interrupted);
+            }
+        }
+        let tasks = read(daemon, &scope, &done, &seen).await?;
+        for task in &tasks {
+            if matches!(task.state, TaskState::Completed { .. }) && !done.contains_key(&task.id) {
+                display.finished(task)?;
+                done.insert(task.id, task.clone());
+            }
+        }
+        let open: Vec<TaskInfo> = tasks
+            .into_iter()
+            .filter(|t| !done.contains_key(&t.id))
+            .collect();
+        seen.extend(open.iter().map(|t| t.id));
+        display.update(&open, &done);
+        let finished = match &scope {
+            Scope::Tasks { ids, .. } => ids.iter().all(|id| done.contains_key(id)),
+            Scope::Unfinished { .. } => open.is_empty(),
+        };
+        if finished {
+            display.clear();
+            return Ok(Ending::Completed(done.into_values().collect()));
+        }
+    }
+}
+
+/// The followed tasks' current states (completed ones already reported are left out).
+async fn read(
+    daemon: &Daemon,
+    scope: &Scope,
+    done: &BTreeMap<TaskId, TaskInfo>,
+    seen: &HashSet<TaskId>,
+) -> Result<Vec<TaskInfo>> {
+    match scope {
+        Scope::Tasks { ids, session } => {
+            let open: Vec<TaskId> = ids
+                .iter()
+                .copied()
+                .filter(|id| !done.contains_key(id))
+                .collect();
+            if open.len() <= SINGLE_LOOKUPS {
+                let mut tasks = Vec::with_capacity(open.len());
+                for id in open {
+                    tasks.push(task_or_gone(daemon, id).await?);
+                }
+                Ok(tasks)
+            } else {
+                let mut listed: HashMap<TaskId, TaskInfo> = daemon
+                    .tasks(session.as_deref())
+                    .await?
+                    .into_iter()
+                    .map(|t| (t.id, t))
+                    .collect();
+                let mut tasks = Vec::with_capacity(open.len());
+                for id in open {
+                    tasks.push(match listed.remove(&id) {
+                        Some(task) => task,
+                        None => task_or_gone(daemon, id).await?,
+                    });
+                }
+                Ok(tasks)
+            }
+        }
+        Scope::Unfinished { session } => Ok(daemon
+            .tasks(session.as_deref())
+            .await?
+            .into_iter()
+            .filter(|t| {
+                let completed = matches!(t.state, TaskState::Completed { .. });
+                !completed || (seen.contains(&t.id) && !done.contains_key(&t.id))
+            })
+            .collect()),
+    }
+}
+
+/// A task removed while being followed counts as failed, with a message saying so.
+async fn task_or_gone(daemon: &Daemon, id: TaskId) -> Result<TaskInfo> {
+    match daemon.task(id).await {
+        Ok(task) => Ok(task),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(anyhow::Error::new(e).context(format!(
+            "task {id} no longer exists (removed by another client?)"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The exit status for tasks that completed: 0 if all succeeded.
+pub fn exit_status(tasks: &[TaskInfo]) -> u8 {
+    let outcome = |o| {
+        tasks
+            .iter()
+            .any(|t| t.state == TaskState::Completed { outcome: o })
+    };
+    if outcome(OutcomeKind::Failed) {
+        exit::FAILED
+    } else if outcome(OutcomeKind::Cancelled) {
+        exit::CANCELLED
+    } else {
+        0
+    }
+}
+
+/// `3 succeeded /home/me/a.iso`, `4 failed HTTP 404 … [http_status]`.
+pub fn result_line(task: &TaskInfo) -> String {
+    let state = task.state.name();
+    match (&task.state, &task.error) {
+        (
+            TaskState::Completed {
+                outcome: OutcomeKind::Succeeded,
+            },
+            _,
+        ) => format!("{} {state} {}", task.id, format::destination(task)),
+        (_, Some(error)) => format!("{} {state} {} [{}]", task.id, error.message, error.code),
+        _ => format!("{} {state} {}", task.id, task.url),
+    }
+}
+
+/// A short name for a task: its file's name, else the URL's last segment.
+fn label(task: &TaskInfo) -> String {
+    let path = task.location.as_deref().or(task.destination.as_deref());
+    let from_path = path.and_then(|p| std::path::Path::new(p).file_name()?.to_str());
+    let from_url = || {
+        task.url
+            .split(['?', '#'])
+            .next()
+            .and_then(|u| u.rsplit('/').find(|s| !s.is_empty()))
+            .unwrap_or(&task.url)
+    };
+    from_path.unwrap_or_else(from_url).to_owned()
+}
+
+enum Display {
+    Bars(Bars),
+    Lines(Lines),
+    Quiet,
+    Silent,
+}
+
+impl Display {
+    fn new(style: Style) -> Display {
+        match style {
+            Style::Silent => Display::Silent,
+            Style::Quiet => Display::Quiet,
+            Style::Auto if std::io::stdout().is_terminal() => Display::Bars(Bars::new()),
+            Style::Auto => Display::Lines(Lines::default()),
+        }
+    }
+
+    fn finished(&mut self, task: &TaskInfo) -> Result<()> {
+        let line = result_line(task);
+        match self {
+            Display::Silent => Ok(()),
+            Display::Bars(bars) => {
+                if let Some(bar) = bars.tasks.remove(&task.id) {
+                    bar.finish_and_clear();
+                    bars.multi.remove(&bar);
+                }
+                bars.multi.println(line).context("while drawing progress")
+            }
+            Display::Lines(_) | Display::Quiet => client::print(&format!("{line}\n")),
+        }
+    }
+
+    fn update(&mut self, open: &[TaskInfo], done: &BTreeMap<TaskId, TaskInfo>) {
+        match self {
+            Display::Bars(bars) => bars.update(open, done),
+            Display::Lines(lines) => lines.update(open, done),
+            Display::Quiet | Display::Silent => {}
+        }
+    }
+
+    fn clear(&mut self) {
+        if let Display::Bars(bars) = self {
+            for (_, bar) in bars.tasks.drain() {
+                bar.finish_and_clear();
+            }
+            bars.total.finish_and_clear();
+            let _ = bars.multi.clear();
+        }
+    }
+}
+
+/// Totals over the open and the completed tasks: bytes done, total if every size is known,
+/// and how many completed.
+fn totals(open: &[TaskInfo], done: &BTreeMap<TaskId, TaskInfo>) -> (u64, Option<u64>, usize) {
+    let all = || open.iter().chain(done.values());
+    let bytes: u64 = all().map(|t| t.bytes_done).sum();
+    let total: Option<u64> = all().map(|t| t.bytes_total).sum();
+    (bytes, total, done.len())
+}
+
+struct Bars {
+    multi: MultiProgress,
+    tasks: HashMap<TaskId, ProgressBar>,
+    total: ProgressBar,
+}
+
+impl Bars {
+    fn new() -> Bars {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+        let total = multi.add(ProgressBar::new(0));
+        total.set_style(style(
+            "{prefix:>5} {msg:24!} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} ETA {eta}",
+        ));
+        total.set_prefix("total");
+        Bars {
+            multi,
+            tasks: HashMap::new(),
+            total,
+        }
+    }
+
+    fn update(&mut self, open: &[TaskInfo], done: &BTreeMap<TaskId, TaskInfo>) {
+        for task in open {
+            let bar = self.tasks.entry(task.id).or_insert_with(|| {
+                let bar = self.multi.insert_before(&self.total, ProgressBar::new(0));
+                bar.set_style(style(
+                    "{prefix:>5} {msg:24!} [{bar:20}] {bytes:>10}/{total_bytes:<10} \
+                     {bytes_per_sec:>12} ETA {eta}",
+                ));
+                bar.set_prefix(task.id.to_string());
+                bar
+            });
+            let state = task.state.name();
+            let message = if state == "transferring" {
+                label(task)
+            } else {
+                format!("{} ({state})", label(task))
+            };
+            bar.set_message(message);
+            bar.set_length(task.bytes_total.unwrap_or(0));
+            bar.set_position(task.bytes_done);
+        }
+        let (bytes, total, finished) = totals(open, done);
+        self.total.set_length(total.unwrap_or(0));
+        self.total.set_position(bytes);
+        self.total
+            .set_message(format!("{finished}/{} done", open.len() + done.len()));
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+/// Plain progress for logs and pipes.
+#[derive(Default)]
+struct Lines {
+    states: HashMap<TaskId, &'static str>,
+    last_print: Option<Instant>,
+}
+
+impl Lines {
+    fn update(&mut self, open: &[TaskInfo], done: &BTreeMap<TaskId, TaskInfo>) {
+        let due = self
+            .last_print
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        let mut out = String::new();
+        for task in open {
+            let state = task.state.name();
+            let changed = self.states.insert(task.id, state) != Some(state);
+            if changed || (due && state == "transferring") {
+                out.push_str(&format!("{} {state} {}", task.id, label(task)));
+                if task.bytes_done > 0 || task.bytes_total.is_some() {
+                    out.push_str(&format!(
+                        " {}/{} ({})",
+                        format::bytes(task.bytes_done),
+                        task.bytes_total
+                            .map_or_else(|| "?".to_owned(), format::bytes),
+                        format::progress(task.bytes_done, task.bytes_total),
+                    ));
+                }
+                if let Some(speed) = task.bytes_per_second.filter(|s| *s > 0) {
+                    out.push_str(&format!(" {}", format::rate(speed)));
+                    if let Some(total) = task.bytes_total {
+                        let left = total.saturating_sub(task.bytes_done).div_ceil(speed);
+                        out.push_str(&format!(
+                            " ETA {}",
+                            format::duration(Duration::from_secs(left))
+                        ));
+                    }
+                }
+                out.push('\n');
+            }
+        }
+        if due && open.len() + done.len() > 1 && !open.is_empty() {
+            let (bytes, total, finished) = totals(open, done);
+            out.push_str(&format!(
+                "total {}/{} {finished}/{} done\n",
+                format::bytes(bytes),
+                total.map_or_else(|| "?".to_owned(), format::bytes),
+                open.len() + done.len()
+            ));
+        }
+        if due {
+            self.last_print = Some(Instant::now());
+        }
+        if !out.is_empty() {
+            // A closed pipe ends the command at the next result line.
+            let _ = client::print(&out);
+        }
+    }
+}
