@@ -17,6 +17,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{client, exit, format};
 
+/// Polls start fast (a small file is done in milliseconds) and slow down to four a second.
+const FIRST_POLL: Duration = Duration::from_millis(10);
 const POLL: Duration = Duration::from_millis(250);
 /// Ask for tasks one by one up to this many; list the scope's tasks beyond it.
 const SINGLE_LOOKUPS: usize = 64;
@@ -58,11 +60,10 @@ pub async fn follow(daemon: &Daemon, scope: Scope, style: Style) -> Result<Endin
     let mut done: BTreeMap<TaskId, TaskInfo> = BTreeMap::new();
     // Tasks seen unfinished: their completion is reported even when it falls between polls.
     let mut seen: HashSet<TaskId> = HashSet::new();
-    let mut ticker = tokio::time::interval(POLL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pause = Duration::ZERO;
     loop {
         tokio::select! {
-            _ = ticker.tick() => {}
+            () = tokio::time::sleep(pause) => pause = (pause * 2).clamp(FIRST_POLL, POLL),
             _ = interrupt.recv() => {
                 display.clear();
                 return Ok(Ending::Interrupted);
