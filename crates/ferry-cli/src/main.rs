@@ -90,8 +90,13 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), e.g. `ferry man > ferry.1 && man ./ferry.1`.
-    Man,
+    /// Print the man page (roff), e.g. `ferry man > ferry.1 && man ./ferry.1`, or write a
+    /// page per command into a folder.
+    Man {
+        /// Write ferry.1 and a page per command (ferry-get.1, ferry-group-ls.1, …) here.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -132,13 +137,14 @@ fn main() -> ExitCode {
                 clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut out);
                 client::print_bytes(&out).map(|()| ExitCode::SUCCESS)
             }
-            Command::Man => {
+            Command::Man { dir: None } => {
                 let mut out = Vec::new();
                 match clap_mangen::Man::new(Cli::command()).render(&mut out) {
                     Ok(()) => client::print_bytes(&out).map(|()| ExitCode::SUCCESS),
                     Err(e) => Err(anyhow::Error::new(e).context("while rendering the man page")),
                 }
             }
+            Command::Man { dir: Some(dir) } => man_pages(&dir),
         }
     });
     match result {
@@ -150,6 +156,22 @@ fn main() -> ExitCode {
             ExitCode::from(client::exit_status(&e))
         }
     }
+}
+
+/// Writes ferry.1 and one page per command into `dir`, and lists them.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+    let mut pages: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|entry| Some(entry.ok()?.path().display().to_string()))
+        .filter(|path| path.ends_with(".1"))
+        .collect();
+    pages.sort();
+    client::print(&pages.iter().map(|p| format!("{p}\n")).collect::<String>())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The error and its causes on one line, each cause once (a library error often repeats

@@ -399,5 +399,23 @@ fn help_completions_and_man_page_cover_every_command() {
     ] {
         assert!(get_help.contains(flag), "get --help lacks {flag}");
     }
+    // A page per command, with its flags.
+    let listed = env.ok(&["man", "--dir", "pages"]);
+    assert!(
+        listed.contains("ferry-get.1") && listed.contains("ferry-group-pause.1"),
+        "{listed}"
+    );
+    let get_page = std::fs::read_to_string(env.work().join("pages/ferry-get.1"))
+        .unwrap()
+        .replace("\\-", "-");
+    for flag in [
+        "--input-file",
+        "--sha256",
+        "--detach",
+        "--priority",
+        "--limit",
+    ] {
+        assert!(get_page.contains(flag), "ferry-get.1 lacks {flag}");
+    }
     assert!(env.daemon_pid().is_none(), "help needs no daemon");
 }
