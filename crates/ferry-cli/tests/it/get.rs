@@ -48,6 +48,16 @@ fn output_dir_and_checksums() {
         data(3, 5000)
     );
 
+    // --json: the final states, machine-readable.
+    let json = env.ok(&["get", "--json", &named, "-o", "j.bin"]);
+    let tasks: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(tasks[0]["state"], "succeeded");
+    assert_eq!(tasks[0]["bytes_done"], 5000);
+    assert_eq!(
+        tasks[0]["destination"],
+        env.work().join("j.bin").display().to_string()
+    );
+
     // A wrong digest fails the task: exit 3, the error says why, nothing at the destination.
     let out = env.run(&[
         "get",
