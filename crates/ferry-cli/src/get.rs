@@ -78,13 +78,19 @@ struct Job {
     /// The folder to save into under the server's name.
     dir: PathBuf,
     checksum: Option<String>,
+    /// Where it was asked for, for messages: `URL …` or `FILE line N`.
+    origin: String,
 }
 
 pub async fn run(args: GetArgs) -> Result<ExitCode> {
     let jobs = jobs(&args)?;
     let session = client::session(&args.session.session).await?;
+    let origins: Vec<String> = jobs.iter().map(|job| job.origin.clone()).collect();
     let builders = jobs.into_iter().map(|job| builder(&session, &args, job));
-    let tasks = session.start_downloads(builders).await?;
+    let tasks = session
+        .start_downloads(builders)
+        .await
+        .map_err(|e| name_the_download(e, &origins))?;
     let ids: Vec<_> = tasks.iter().map(Task::id).collect();
     if args.detach {
         let text = if args.json {
@@ -154,6 +160,7 @@ fn jobs(args: &GetArgs) -> Result<Vec<Job>> {
             out: args.output.as_ref().map(|o| cwd.join(o)),
             dir: dir.clone(),
             checksum: None,
+            origin: format!("URL {url}"),
         })
         .collect();
     if let Some(path) = &args.input_file {
@@ -194,6 +201,7 @@ fn read_input(path: &Path, dir: &Path) -> Result<Vec<Job>> {
         .map(|entry| {
             let dir = entry.dir.map_or_else(|| dir.to_owned(), |d| dir.join(d));
             Job {
+                origin: format!("{} line {}", path.display(), entry.line),
                 url: entry.url,
                 out: entry.out.map(|o| dir.join(o)),
                 dir,
@@ -201,6 +209,20 @@ fn read_input(path: &Path, dir: &Path) -> Result<Vec<Job>> {
             }
         })
         .collect())
+}
+
+/// The daemon names a refused download of a batch by its index (`request 3: …`); say which
+/// URL or line of the input file that was.
+fn name_the_download(error: ferry::Error, origins: &[String]) -> anyhow::Error {
+    let text = error.to_string();
+    let index = text
+        .strip_prefix("request ")
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    match index.and_then(|i| origins.get(i)) {
+        Some(origin) => anyhow::Error::new(error).context(origin.clone()),
+        None => error.into(),
+    }
 }
 
 fn builder(session: &Session, args: &GetArgs, job: Job) -> DownloadBuilder {

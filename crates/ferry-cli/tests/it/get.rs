@@ -214,6 +214,18 @@ fn input_files_in_aria2_format() {
         "{stderr}"
     );
     assert_eq!(env.tasks(None).len(), before);
+
+    // A line the daemon refuses (an unknown digest algorithm): named by file and line too.
+    let refused = format!("{a}\n  out=y.bin\n{b}\n  checksum=crc32:abcd\n");
+    std::fs::write(env.work().join("refused.txt"), refused).unwrap();
+    let out = env.run(&["get", "-i", "refused.txt"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("refused.txt line 3") && stderr.contains("crc32"),
+        "{stderr}"
+    );
+    assert_eq!(env.tasks(None).len(), before);
 }
 
 #[test]
