@@ -143,6 +143,24 @@ pub enum ErrorKind {
     /// The caller cancelled the transfer.
     #[error("cancelled")]
     Cancelled,
+    /// A file being uploaded changed (size, modification time, or replaced) since the
+    /// upload's first attempt or while it was sent; nothing mixing old and new bytes is sent.
+    #[error("the upload's source file {path} changed: {change}")]
+    SourceChanged {
+        /// The file.
+        path: PathBuf,
+        /// What changed, in words.
+        change: String,
+    },
+    /// The server's reply to an upload was longer than the upload allows.
+    #[error("the server's reply is longer than the {limit}-byte limit")]
+    ReplyTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The upload cannot be sent as described (a bad multipart field name or content type).
+    #[error("invalid upload: {0}")]
+    InvalidUpload(String),
 }
 
 impl ErrorKind {
@@ -169,6 +187,9 @@ impl ErrorKind {
             ErrorKind::Io { .. } => "io",
             ErrorKind::Config(_) => "config",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::SourceChanged { .. } => "source_changed",
+            ErrorKind::ReplyTooLarge { .. } => "reply_too_large",
+            ErrorKind::InvalidUpload(_) => "invalid_upload",
         }
     }
 

@@ -1,4 +1,5 @@
-//! ferry's transfer engine: downloads one HTTP(S) URL to a file, correctly and fast.
+//! ferry's transfer engine: downloads one HTTP(S) URL to a file, correctly and fast, and
+//! uploads files (raw or as a multipart form) keeping the server's reply.
 //!
 //! The engine moves bytes and nothing else: it knows nothing of sessions, databases or
 //! sockets. A caller (the `ferry get` command, the daemon's scheduler) gives it a
@@ -36,6 +37,7 @@
 mod checkpoint;
 mod checksum;
 mod client;
+mod dirsync;
 mod download;
 mod error;
 pub mod filename;
@@ -43,6 +45,7 @@ mod progress;
 mod rate;
 mod retry;
 mod staging;
+mod upload;
 
 /// The `http` crate, whose header types the engine's API uses.
 pub use http;
@@ -59,3 +62,7 @@ pub use progress::Progress;
 pub use rate::{Limits, RateLimiter};
 pub use retry::RetryPolicy;
 pub use staging::Conflict;
+pub use upload::{
+    DEFAULT_MAX_REPLY_BYTES, MultipartFile, ServerReply, UploadBody, UploadFailure, UploadMethod,
+    UploadSpec, Uploaded,
+};

@@ -22,12 +22,13 @@ impl Default for Progress {
 }
 
 impl Progress {
-    /// Bytes of the file present in the staging file, including any resumed offset.
+    /// Bytes of the file present in the staging file, including any resumed offset; for an
+    /// upload, bytes of the request body sent in the current attempt.
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
     }
 
-    /// The file's size, once known.
+    /// The file's size, once known; for an upload, the request body's length.
     pub fn expected(&self) -> Option<u64> {
         match self.expected.load(Ordering::Relaxed) {
             UNKNOWN => None,

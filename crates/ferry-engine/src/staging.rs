@@ -10,6 +10,7 @@ use rustix::fs::{FallocateFlags, RenameFlags};
 use rustix::io::Errno;
 
 use crate::checksum::Hasher;
+use crate::dirsync::{Announcement, FolderSyncer};
 use crate::error::{Error, ErrorKind};
 use crate::filename;
 
@@ -136,8 +137,16 @@ pub enum Conflict {
 
 /// Moves the finished, synced staging file to `target` atomically and syncs the folder, so a
 /// crash leaves either no file or the whole file there. Returns the path used (which differs
-/// from `target` when `Conflict::Rename` picked a numbered name).
-pub(crate) fn place(staging: &Path, target: &Path, conflict: Conflict) -> Result<PathBuf, Error> {
+/// from `target` when `Conflict::Rename` picked a numbered name), once a folder sync that
+/// started after the rename has finished — one sync may cover several files placed into the
+/// same folder at once (`folders`; `announced`: this file's announcement there, if any).
+pub(crate) fn place(
+    staging: &Path,
+    target: &Path,
+    conflict: Conflict,
+    folders: &FolderSyncer,
+    announced: Option<Announcement>,
+) -> Result<PathBuf, Error> {
     let dir = target.parent().unwrap_or(Path::new("."));
     let name = target
         .file_name()
@@ -164,8 +173,8 @@ pub(crate) fn place(staging: &Path, target: &Path, conflict: Conflict) -> Result
         let _ = std::fs::remove_file(if placed.is_ok() { staging } else { &source });
     }
     let placed = placed?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+    folders
+        .sync(dir, announced)
         .map_err(|e| Error::io("sync folder", dir, e))?;
     Ok(placed)
 }

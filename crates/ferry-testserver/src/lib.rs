@@ -44,8 +44,20 @@
 //! * `GET /loop`: 302 to itself.
 //! * `GET /echo`: the request headers as a JSON object (lower-case names, repeated
 //!   headers joined with ", ").
-//! * `PUT|POST /upload/<name>`: stores the body (see [`TestServer::upload`]); 201 with
-//!   `{"name":..,"bytes":n,"sha256":"<hex>"}`.
+//! * `PUT|POST /upload/<name>`: reads the whole body and stores it (see
+//!   [`TestServer::upload`]); 201 with `{"name":..,"bytes":n,"sha256":"<hex>"}`. A
+//!   `multipart/form-data` body is also split into its parts, each stored under
+//!   `<name>/<field>` (a later part with the same field replaces an earlier one), and the
+//!   reply gains `"parts":[{"field":..,"file_name":..|null,"content_type":..|null,
+//!   "bytes":n,"sha256":..}]` in body order; a malformed multipart body gets a 400. Bytes
+//!   read are counted in [`RequestRecord::body_bytes_received`]. Query parameters:
+//!   - `status=<code>`: after reading the whole body, answer `code` with body
+//!     `error <code>` and store nothing
+//!   - `retry_after=<secs>`: `Retry-After` on that error response
+//!   - `drop_after=<bytes>`: abort the connection, without an answer, once that many
+//!     body bytes were read (the read that crosses the line included); store nothing
+//!   - `fail_times=<k>`: `status` and `drop_after` apply only to the first `k` requests
+//!     with this exact path+query, as for `/bytes`
 //! * Anything else: 404 (405 for a known path with the wrong method).
 //!
 //! Requests in absolute-form (as sent to a proxy) are routed on their path and
@@ -53,6 +65,7 @@
 
 mod body;
 mod content;
+mod multipart;
 mod range;
 mod routes;
 mod server;
@@ -187,7 +200,8 @@ impl TestServer {
         self.shared.generation.store(generation, Ordering::Relaxed);
     }
 
-    /// The body stored by the upload endpoint under `name`.
+    /// The body stored by the upload endpoint under `name` (a multipart part under
+    /// `<name>/<field>`).
     pub fn upload(&self, name: &str) -> Option<Vec<u8>> {
         lock(&self.shared.uploads).get(name).cloned()
     }
@@ -234,6 +248,9 @@ pub struct RequestRecord {
     /// Body bytes handed to the connection for this response so far (final once the
     /// response ended or was aborted).
     pub body_bytes_sent: u64,
+    /// Request-body bytes the server read so far (uploads only; 0 for other endpoints,
+    /// which do not read bodies).
+    pub body_bytes_received: u64,
 }
 
 impl RequestRecord {
@@ -273,6 +290,7 @@ pub(crate) struct LiveRecord {
     headers: Vec<(String, String)>,
     status: AtomicU16,
     body_bytes_sent: AtomicU64,
+    body_bytes_received: AtomicU64,
 }
 
 impl LiveRecord {
@@ -285,6 +303,7 @@ impl LiveRecord {
             headers: self.headers.clone(),
             status: self.status.load(Ordering::Relaxed),
             body_bytes_sent: self.body_bytes_sent.load(Ordering::Relaxed),
+            body_bytes_received: self.body_bytes_received.load(Ordering::Relaxed),
         }
     }
 }

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::body::{Meter, ResponseBody, Shaping};
 use crate::content::effective_seed;
+use crate::multipart;
 use crate::range::{RangeOutcome, evaluate_range, if_range_matches};
 use crate::server::ConnCtl;
 use crate::{LiveRecord, Shared, lock};
@@ -28,7 +29,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     conn: Arc<ConnCtl>,
-) -> Response<ResponseBody> {
+) -> Result<Response<ResponseBody>, Aborted> {
     let record = Arc::new(LiveRecord {
         method: req.method().to_string(),
         uri: req.uri().to_string(),
@@ -44,6 +45,7 @@ pub(crate) async fn handle(
             .collect(),
         status: Default::default(),
         body_bytes_sent: Default::default(),
+        body_bytes_received: Default::default(),
     });
     // Logged on arrival so that a test can observe requests whose response is delayed.
     shared.push_record(Arc::clone(&record));
@@ -57,19 +59,36 @@ pub(crate) async fn handle(
         Ok(reply) => reply,
         Err(msg) => Reply::now(text(StatusCode::BAD_REQUEST, msg, &meter)),
     };
+    if reply.abort {
+        return Err(Aborted);
+    }
     record
         .status
         .store(reply.response.status().as_u16(), Ordering::Relaxed);
     if let Some(delay) = reply.head_delay {
         tokio::time::sleep(delay).await;
     }
-    reply.response
+    Ok(reply.response)
 }
+
+/// An injected abort: the connection is closed without an answer.
+#[derive(Debug)]
+pub(crate) struct Aborted;
+
+impl std::fmt::Display for Aborted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ferry-testserver: injected connection abort")
+    }
+}
+
+impl std::error::Error for Aborted {}
 
 struct Reply {
     response: Response<ResponseBody>,
     /// Delay before the response head is sent (`first_byte_delay_ms`).
     head_delay: Option<Duration>,
+    /// Close the connection instead of answering (`drop_after` on an upload).
+    abort: bool,
 }
 
 impl Reply {
@@ -77,6 +96,7 @@ impl Reply {
         Self {
             response,
             head_delay: None,
+            abort: false,
         }
     }
 }
@@ -111,7 +131,7 @@ async fn route(
         (["upload", name], &Method::PUT | &Method::POST) => {
             let name = String::from_utf8_lossy(&percent_decode_str(name).collect::<Vec<u8>>())
                 .into_owned();
-            Ok(Reply::now(upload(req, name, shared, meter).await))
+            upload(req, name, shared, meter).await
         }
         (["upload", _], _) => Ok(Reply::now(method_not_allowed("PUT, POST", meter))),
         _ => Ok(Reply::now(not_found(meter))),
@@ -140,15 +160,7 @@ struct BytesParams {
 
 impl BytesParams {
     fn parse(q: &Query<'_>) -> Result<Self, String> {
-        let status = match q.num("status")? {
-            Some(code) => Some(
-                u16::try_from(code)
-                    .ok()
-                    .and_then(|c| StatusCode::from_u16(c).ok())
-                    .ok_or_else(|| format!("bad status {code}"))?,
-            ),
-            None => None,
-        };
+        let status = status_param(q)?;
         let rate = q.num("rate")?;
         if rate == Some(0) {
             return Err("rate must be positive".into());
@@ -203,21 +215,7 @@ fn bytes_resource(
     let query = Query::parse(req.uri().query().unwrap_or(""));
     let p = BytesParams::parse(&query)?;
 
-    let faults = match p.fail_times {
-        None => true,
-        Some(k) => {
-            // Keyed on path+query only, so the same resource fetched via a proxy
-            // (absolute-form) shares the counter with direct fetches.
-            let key = req.uri().path_and_query().map_or_else(
-                || req.uri().path().to_string(),
-                |pq| pq.as_str().to_string(),
-            );
-            let mut counts = lock(&shared.fail_counts);
-            let seen = counts.entry(key).or_insert(0);
-            *seen += 1;
-            *seen <= k
-        }
-    };
+    let faults = faults_apply(req, shared, p.fail_times);
     let head_delay = p
         .first_byte_delay_ms
         .filter(|_| faults)
@@ -232,6 +230,7 @@ fn bytes_resource(
         return Ok(Reply {
             response: resp,
             head_delay,
+            abort: false,
         });
     }
 
@@ -325,6 +324,7 @@ fn bytes_resource(
             return Ok(Reply {
                 response,
                 head_delay,
+                abort: false,
             });
         }
     };
@@ -360,7 +360,39 @@ fn bytes_resource(
     Ok(Reply {
         response: response(status, headers, body),
         head_delay,
+        abort: false,
     })
+}
+
+/// The `status` parameter.
+fn status_param(q: &Query<'_>) -> Result<Option<StatusCode>, BadRequest> {
+    match q.num("status")? {
+        Some(code) => Ok(Some(
+            u16::try_from(code)
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .ok_or_else(|| format!("bad status {code}"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Whether this request's faults apply: always without `fail_times`, else only for the
+/// first `k` requests with this exact path+query (counted here).
+fn faults_apply<B>(req: &Request<B>, shared: &Shared, fail_times: Option<u64>) -> bool {
+    let Some(k) = fail_times else {
+        return true;
+    };
+    // Keyed on path+query only, so the same resource fetched via a proxy (absolute-form)
+    // shares the counter with direct fetches.
+    let key = req.uri().path_and_query().map_or_else(
+        || req.uri().path().to_string(),
+        |pq| pq.as_str().to_string(),
+    );
+    let mut counts = lock(&shared.fail_counts);
+    let seen = counts.entry(key).or_insert(0);
+    *seen += 1;
+    *seen <= k
 }
 
 fn header_value(s: &str) -> Result<HeaderValue, BadRequest> {
@@ -434,20 +466,87 @@ async fn upload(
     name: String,
     shared: &Shared,
     meter: &Meter,
-) -> Response<ResponseBody> {
-    let body = match req.into_body().collect().await {
-        Ok(collected) => collected.to_bytes(),
-        // The client went away or sent a broken body; it will not read this anyway.
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("reading body: {e}"), meter),
+) -> Result<Reply, BadRequest> {
+    let query = Query::parse(req.uri().query().unwrap_or(""));
+    let status = status_param(&query)?;
+    let retry_after = query.num("retry_after")?;
+    let drop_after = query.num("drop_after")?;
+    let fail_times = query.num("fail_times")?;
+    let faults = faults_apply(&req, shared, fail_times);
+    let drop_after = drop_after.filter(|_| faults);
+    let aborted = || Reply {
+        abort: true,
+        ..Reply::now(not_found(meter))
     };
-    let digest = hex::encode(Sha256::digest(&body));
-    let summary = serde_json::json!({
+    let boundary = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(multipart::boundary);
+
+    if drop_after == Some(0) {
+        return Ok(aborted());
+    }
+    let mut body = req.into_body();
+    let mut data = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            // The client went away or sent a broken body; it will not read this anyway.
+            Err(e) => {
+                return Ok(Reply::now(text(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading body: {e}"),
+                    meter,
+                )));
+            }
+        };
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        meter
+            .record
+            .body_bytes_received
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        data.extend_from_slice(&chunk);
+        if drop_after.is_some_and(|d| data.len() as u64 >= d) {
+            return Ok(aborted());
+        }
+    }
+
+    if let (true, Some(status)) = (faults, status) {
+        let mut resp = text(status, format!("error {}", status.as_u16()), meter);
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        return Ok(Reply::now(resp));
+    }
+
+    let mut summary = serde_json::json!({
         "name": name,
-        "bytes": body.len(),
-        "sha256": digest,
+        "bytes": data.len(),
+        "sha256": hex::encode(Sha256::digest(&data)),
     });
-    lock(&shared.uploads).insert(name, body.to_vec());
-    json(StatusCode::CREATED, summary, meter)
+    if let Some(boundary) = boundary {
+        let parts = multipart::parse(&data, &boundary)
+            .map_err(|e| format!("malformed multipart/form-data body: {e}"))?;
+        let mut listed = Vec::with_capacity(parts.len());
+        let mut uploads = lock(&shared.uploads);
+        for part in parts {
+            listed.push(serde_json::json!({
+                "field": part.field,
+                "file_name": part.file_name,
+                "content_type": part.content_type,
+                "bytes": part.data.len(),
+                "sha256": hex::encode(Sha256::digest(part.data)),
+            }));
+            uploads.insert(format!("{name}/{}", part.field), part.data.to_vec());
+        }
+        summary["parts"] = listed.into();
+    }
+    lock(&shared.uploads).insert(name, data);
+    Ok(Reply::now(json(StatusCode::CREATED, summary, meter)))
 }
 
 fn not_found(meter: &Meter) -> Response<ResponseBody> {

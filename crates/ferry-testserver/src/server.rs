@@ -1,6 +1,5 @@
 //! Accepting connections and driving hyper on them.
 
-use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,7 +65,9 @@ where
     let service = service_fn(move |req| {
         let shared = Arc::clone(&shared);
         let ctl = Arc::clone(&ctl);
-        async move { Ok::<_, Infallible>(routes::handle(req, shared, ctl).await) }
+        // An `Err` (an injected `drop_after` on an upload) makes hyper close the
+        // connection without answering.
+        async move { routes::handle(req, shared, ctl).await }
     });
     // Errors here are injected aborts or clients hanging up mid-response; both are
     // normal for a fault-injection server and already visible in the request log.

@@ -13,11 +13,12 @@
 //!    segment map; a permanent one returns [`Failure`] with the last checkpoint;
 //! 5. when every byte is there: sync, verify the checksum, and place the file atomically.
 
-mod request;
+pub(crate) mod request;
 mod segments;
 mod transfer;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -27,6 +28,7 @@ use url::Url;
 use crate::checkpoint::Checkpoint;
 use crate::checksum::Checksum;
 use crate::client::{self, ClientConfig};
+use crate::dirsync::FolderSyncer;
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::rate::Limits;
@@ -40,7 +42,9 @@ pub const MAX_REDIRECTS: usize = 20;
 /// Runs transfers; holds the HTTP client (and so the connection pool) they share.
 #[derive(Debug, Clone)]
 pub struct Engine {
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
+    /// Shares folder syncs among files placed into one folder at once.
+    folders: Arc<FolderSyncer>,
 }
 
 /// Where the finished file goes.
@@ -223,6 +227,7 @@ impl Engine {
     pub fn new(config: &ClientConfig) -> Result<Engine, Error> {
         Ok(Engine {
             client: client::build(config)?,
+            folders: Arc::default(),
         })
     }
 
@@ -247,7 +252,15 @@ impl Engine {
             error,
             checkpoint: spec.checkpoint.clone(),
         })?;
-        let mut transfer = Transfer::new(&self.client, spec, url, progress, observer, staging);
+        let mut transfer = Transfer::new(
+            &self.client,
+            &self.folders,
+            spec,
+            url,
+            progress,
+            observer,
+            staging,
+        );
         transfer.adopt_checkpoint();
         transfer.run(cancel).await
     }

@@ -173,7 +173,7 @@ fn parse_content_range(value: &str) -> Option<ContentRange> {
 
 /// Maps a reqwest failure to an error kind: certificate problems are permanent, everything
 /// else on the way to a response is a transient connection problem.
-pub(super) fn classify(err: reqwest::Error, url: &Url) -> Error {
+pub(crate) fn classify(err: reqwest::Error, url: &Url) -> Error {
     let host = url.host_str().unwrap_or("").to_owned();
     let kind = if is_tls_failure(&err) {
         ErrorKind::Tls { host }

@@ -1,6 +1,6 @@
 //! The state machine of one download: attempts, retries, workers, checkpoints, finishing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -16,6 +16,7 @@ use super::segments::SegmentMap;
 use super::{Destination, DownloadSpec, Downloaded, Event, Failure, Observer, Redirect};
 use crate::checkpoint::{Checkpoint, Cursor, OPEN_END, Segment, Validators};
 use crate::checksum::{Algorithm, Checksum, Hasher};
+use crate::dirsync::FolderSyncer;
 use crate::error::{Error, ErrorKind};
 use crate::filename;
 use crate::progress::Progress;
@@ -47,6 +48,7 @@ impl Resource {
 
 pub(super) struct Transfer<'a> {
     pub(super) client: &'a reqwest::Client,
+    folders: &'a Arc<FolderSyncer>,
     pub(super) spec: &'a DownloadSpec,
     pub(super) url: Url,
     pub(super) progress: &'a Progress,
@@ -69,6 +71,7 @@ enum Opening {
 impl<'a> Transfer<'a> {
     pub(super) fn new(
         client: &'a reqwest::Client,
+        folders: &'a Arc<FolderSyncer>,
         spec: &'a DownloadSpec,
         url: Url,
         progress: &'a Progress,
@@ -77,6 +80,7 @@ impl<'a> Transfer<'a> {
     ) -> Transfer<'a> {
         Transfer {
             client,
+            folders,
             spec,
             resource: Resource::fresh(url.clone()),
             url,
@@ -567,17 +571,6 @@ impl<'a> Transfer<'a> {
             .max()
             .unwrap_or(0);
         self.resource.total = Some(total);
-        let staging = self.staging.clone();
-        let checksum = self.spec.checksum.clone();
-        let digest = blocking(move || {
-            if staging.len()? != total {
-                staging.set_len(total)?;
-            }
-            staging.sync_data()?;
-            verify(&staging, checksum.as_ref(), inline, total)
-        })
-        .await?;
-
         let target = match &self.spec.destination {
             Destination::File(path) => path.clone(),
             Destination::Folder(dir) => dir.join(
@@ -587,9 +580,26 @@ impl<'a> Transfer<'a> {
                     .unwrap_or_else(|| filename::choose(None, &self.resource.current_url)),
             ),
         };
-        let source = self.staging.path().to_owned();
+        // Other files finishing now may share the folder's sync with this one: say it comes.
+        let announced = self
+            .folders
+            .announce(target.parent().unwrap_or(Path::new(".")));
+        let staging = self.staging.clone();
+        let checksum = self.spec.checksum.clone();
         let conflict = self.spec.conflict;
-        let path = blocking(move || staging::place(&source, &target, conflict)).await?;
+        let folders = Arc::clone(self.folders);
+        // One trip to the blocking pool: sync, verify, place (and the folder sync).
+        let (digest, path) = blocking(move || {
+            if staging.len()? != total {
+                staging.set_len(total)?;
+            }
+            staging.sync_data()?;
+            let digest = verify(&staging, checksum.as_ref(), inline, total)?;
+            let path =
+                staging::place(staging.path(), &target, conflict, &folders, Some(announced))?;
+            Ok((digest, path))
+        })
+        .await?;
         let (status, headers) = self.last_response.take().unwrap_or_default();
         Ok(Downloaded {
             path,

@@ -9,3 +9,4 @@ mod files;
 mod network;
 mod resume;
 mod segments;
+mod upload;

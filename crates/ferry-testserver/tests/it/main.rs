@@ -525,6 +525,78 @@ async fn upload_is_stored() {
 }
 
 #[tokio::test]
+async fn upload_faults_apply_the_first_k_times() {
+    let server = TestServer::start().unwrap();
+    let data = content(6, 0, 1_000_000);
+
+    // status: the body is read, then the error is answered and nothing stored.
+    let resp = client()
+        .put(server.url("/upload/s?status=413"))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(resp.text().await.unwrap(), "error 413");
+    assert_eq!(last(&server).body_bytes_received, 1_000_000);
+    assert_eq!(server.upload("s"), None);
+
+    // drop_after + fail_times=1: the first request is cut without an answer, the second
+    // is stored.
+    let url = server.url("/upload/d?drop_after=300000&fail_times=1&status=503");
+    let first = client().put(&url).body(data.clone()).send().await;
+    assert!(first.is_err(), "no answer to a dropped upload: {first:?}");
+    let received = last(&server).body_bytes_received;
+    assert!((300_000..1_000_000).contains(&received), "{received}");
+    assert_eq!(server.upload("d"), None);
+    let resp = client().put(&url).body(data.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(server.upload("d").unwrap(), data);
+}
+
+#[tokio::test]
+async fn multipart_uploads_are_stored_per_part() {
+    let server = TestServer::start().unwrap();
+    let file = content(7, 0, 200_000);
+    let form = reqwest::multipart::Form::new().text("title", "hello").part(
+        "doc",
+        reqwest::multipart::Part::bytes(file.clone())
+            .file_name("a.bin")
+            .mime_str("application/x-test")
+            .unwrap(),
+    );
+    let resp = client()
+        .post(server.url("/upload/form"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let summary: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    let parts = summary["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0]["field"], "title");
+    assert_eq!(parts[0]["file_name"], serde_json::Value::Null);
+    assert_eq!(parts[1]["field"], "doc");
+    assert_eq!(parts[1]["file_name"], "a.bin");
+    assert_eq!(parts[1]["content_type"], "application/x-test");
+    assert_eq!(parts[1]["bytes"], 200_000);
+    assert_eq!(parts[1]["sha256"], hex::encode(Sha256::digest(&file)));
+    assert_eq!(server.upload("form/title").unwrap(), b"hello");
+    assert_eq!(server.upload("form/doc").unwrap(), file);
+
+    let resp = client()
+        .post(server.url("/upload/bad"))
+        .header("content-type", "multipart/form-data; boundary=zz")
+        .body("not a form")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(server.upload("bad"), None);
+}
+
+#[tokio::test]
 async fn echo_and_not_found() {
     let server = TestServer::start().unwrap();
     let resp = client()

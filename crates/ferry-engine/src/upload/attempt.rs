@@ -1,0 +1,433 @@
+//! The state machine of one upload: attempts, retries, redirects, the reply.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::stream::{StreamExt, TryStreamExt};
+use http::HeaderMap;
+use http::header::{self, HeaderValue};
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::body::{self, BoxError, ErrorSlot, Sources};
+use super::{ServerReply, UploadBody, UploadFailure, UploadSpec, Uploaded, invalid};
+use crate::download::request::classify;
+use crate::download::{Event, MAX_REDIRECTS, Observer, Redirect, parse_url};
+use crate::error::{Error, ErrorKind};
+use crate::progress::Progress;
+use crate::retry::parse_retry_after;
+
+pub(super) struct Upload<'a> {
+    client: &'a reqwest::Client,
+    spec: &'a UploadSpec,
+    url: Url,
+    progress: &'a Progress,
+    observer: &'a dyn Observer,
+    /// The files' identities, recorded by the first attempt.
+    sources: Option<Sources>,
+    redirects: Vec<Redirect>,
+    /// The last attempt's complete reply, if it got one.
+    reply: Option<ServerReply>,
+}
+
+/// A request ready to send: its head, and its body as a stream to pump.
+struct Prepared {
+    request: reqwest::Request,
+    source: futures_util::stream::BoxStream<'static, Result<Bytes, BoxError>>,
+    length: u64,
+}
+
+impl<'a> Upload<'a> {
+    pub(super) fn new(
+        client: &'a reqwest::Client,
+        spec: &'a UploadSpec,
+        url: Url,
+        progress: &'a Progress,
+        observer: &'a dyn Observer,
+    ) -> Upload<'a> {
+        Upload {
+            client,
+            spec,
+            url,
+            progress,
+            observer,
+            sources: None,
+            redirects: Vec::new(),
+            reply: None,
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        cancel: &CancellationToken,
+    ) -> Result<Uploaded, UploadFailure> {
+        let deadline = self.spec.resource_timeout.map(|t| Instant::now() + t);
+        let expired = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        let timed_out = || {
+            Error::from(ErrorKind::TimedOut(
+                self.spec.resource_timeout.unwrap_or_default(),
+            ))
+        };
+        let mut failed_attempts = 0u32;
+        loop {
+            let outcome = tokio::select! {
+                biased;
+                () = cancel.cancelled() => Err(ErrorKind::Cancelled.into()),
+                () = &mut expired => Err(timed_out()),
+                r = self.attempt() => r,
+            };
+            let error = match outcome {
+                Ok(done) => return Ok(done),
+                Err(e) => e,
+            };
+            if !error.is_transient() {
+                return Err(self.fail(error).await);
+            }
+            // Every attempt starts from zero, so none counts as progress.
+            failed_attempts += 1;
+            if self
+                .spec
+                .retry
+                .max_attempts
+                .is_some_and(|max| failed_attempts >= max)
+            {
+                return Err(self.fail(error).await);
+            }
+            let delay = self.spec.retry.delay(failed_attempts, error.retry_after());
+            tracing::info!(error = %error, attempt = failed_attempts, ?delay, "retrying upload");
+            self.observer.on_event(Event::Retrying {
+                attempt: failed_attempts,
+                delay,
+                error: &error,
+            });
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(self.fail(ErrorKind::Cancelled.into()).await),
+                () = &mut expired => return Err(self.fail(timed_out()).await),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// The failure to return; without a complete reply, the reply file is removed so that
+    /// no stale or partial reply is left behind.
+    async fn fail(&mut self, error: Error) -> UploadFailure {
+        let reply = self.reply.take();
+        if reply.is_none() {
+            match tokio::fs::remove_file(&self.spec.reply).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(error = %e, path = %self.spec.reply.display(),
+                    "could not remove the incomplete reply file"),
+            }
+        }
+        UploadFailure { error, reply }
+    }
+
+    fn source_paths(&self) -> Vec<&'a Path> {
+        match &self.spec.body {
+            UploadBody::File(path) => vec![path.as_path()],
+            UploadBody::Multipart { files, .. } => files.iter().map(|f| f.path.as_path()).collect(),
+        }
+    }
+
+    /// One attempt: check the files, send (following 307/308), save the reply.
+    async fn attempt(&mut self) -> Result<Uploaded, Error> {
+        self.reply = None;
+        match &self.sources {
+            None => self.sources = Some(Sources::record(&self.source_paths()).await?),
+            Some(sources) => sources.check().await?,
+        }
+        let mut headers = self.spec.headers.clone();
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::TRANSFER_ENCODING);
+        match &self.spec.body {
+            UploadBody::File(_) => {
+                if !headers.contains_key(header::CONTENT_TYPE) {
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                }
+            }
+            UploadBody::Multipart { .. } => {
+                headers.remove(header::CONTENT_TYPE);
+            }
+        }
+        let mut current = self.url.clone();
+        let mut visited = vec![current.clone()];
+        loop {
+            let (response, sent) = self.send(&current, &headers).await?;
+            let status = response.status().as_u16();
+            let location = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok());
+            if let (307 | 308, Some(location)) = (status, location) {
+                let next = self.redirect_target(&current, location, &visited)?;
+                if next.origin() != current.origin() {
+                    for secret in [
+                        header::AUTHORIZATION,
+                        header::COOKIE,
+                        header::PROXY_AUTHORIZATION,
+                    ] {
+                        headers.remove(secret);
+                    }
+                }
+                let redirect = Redirect {
+                    from: current.clone(),
+                    to: next.clone(),
+                    status,
+                };
+                if !self.redirects.contains(&redirect) {
+                    self.observer.on_event(Event::Redirected {
+                        from: &redirect.from,
+                        to: &redirect.to,
+                        status,
+                    });
+                    self.redirects.push(redirect);
+                }
+                visited.push(next.clone());
+                current = next;
+                continue;
+            }
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let reply = self.save_reply(response, &current).await?;
+            self.reply = Some(reply.clone());
+            // The body went out: make sure it was one version of the file(s).
+            if let Some(sources) = &self.sources {
+                sources.check().await?;
+            }
+            if !(200..300).contains(&status) {
+                return Err(ErrorKind::HttpStatus {
+                    code: status,
+                    retry_after,
+                }
+                .into());
+            }
+            self.reply = None;
+            return Ok(Uploaded {
+                status,
+                headers: reply.headers,
+                reply: reply.path,
+                reply_bytes: reply.bytes,
+                sent,
+                final_url: current,
+                redirects: self.redirects.clone(),
+            });
+        }
+    }
+
+    fn redirect_target(
+        &self,
+        current: &Url,
+        location: &str,
+        visited: &[Url],
+    ) -> Result<Url, Error> {
+        let next = current.join(location).map_err(|e| ErrorKind::BadRedirect {
+            from: current.to_string(),
+            reason: format!("unparsable Location {location:?}: {e}"),
+        })?;
+        parse_url(next.as_str())?;
+        if current.scheme() == "https"
+            && next.scheme() == "http"
+            && !self.spec.allow_insecure_redirects
+        {
+            return Err(ErrorKind::InsecureRedirect {
+                from: current.to_string(),
+                to: next.to_string(),
+            }
+            .into());
+        }
+        if visited.len() > MAX_REDIRECTS || visited.contains(&next) {
+            return Err(ErrorKind::TooManyRedirects {
+                limit: MAX_REDIRECTS,
+                last: next.to_string(),
+            }
+            .into());
+        }
+        Ok(next)
+    }
+
+    /// Opens the files (checking they are the recorded versions) and builds the request.
+    async fn prepare(
+        &self,
+        url: &Url,
+        headers: &HeaderMap,
+        slot: &ErrorSlot,
+    ) -> Result<Prepared, Error> {
+        let Some(sources) = &self.sources else {
+            return Err(invalid("the source files were not recorded".into()));
+        };
+        let builder = self
+            .client
+            .request(self.spec.method.as_reqwest(), url.clone())
+            .headers(headers.clone());
+        let build_error = |e: reqwest::Error| {
+            Error::with_source(
+                ErrorKind::InvalidUpload("cannot build the request".into()),
+                e,
+            )
+        };
+        match &self.spec.body {
+            UploadBody::File(path) => {
+                let len = sources.get(0).map_or(0, |(_, id)| id.len);
+                let file = sources.open(0).await?;
+                let source = body::file_stream(file, path.clone(), len, slot.clone())
+                    .map_err(BoxError::from)
+                    .boxed();
+                let request = builder
+                    .header(header::CONTENT_LENGTH, len)
+                    .build()
+                    .map_err(build_error)?;
+                Ok(Prepared {
+                    request,
+                    source,
+                    length: len,
+                })
+            }
+            UploadBody::Multipart { fields, files } => {
+                let mut opened = Vec::with_capacity(files.len());
+                for (index, file) in files.iter().enumerate() {
+                    let len = sources.get(index).map_or(0, |(_, id)| id.len);
+                    opened.push((file, sources.open(index).await?, len));
+                }
+                let form = body::form(fields, opened, slot)?;
+                let mut request = builder.multipart(form).build().map_err(build_error)?;
+                let length = request
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| invalid("the multipart body has no computable length".into()))?;
+                let source = match request.body_mut().take() {
+                    Some(form_body) => form_body.into_data_stream().map_err(BoxError::from).boxed(),
+                    None => futures_util::stream::empty().boxed(),
+                };
+                Ok(Prepared {
+                    request,
+                    source,
+                    length,
+                })
+            }
+        }
+    }
+
+    /// Sends one request with a fresh body and waits for the response head. Returns it with
+    /// the body bytes handed to the connection.
+    async fn send(
+        &self,
+        url: &Url,
+        headers: &HeaderMap,
+    ) -> Result<(reqwest::Response, u64), Error> {
+        let slot = ErrorSlot::default();
+        let Prepared {
+            mut request,
+            source,
+            length,
+        } = self.prepare(url, headers, &slot).await?;
+        let (tx, rx) = mpsc::channel(2);
+        *request.body_mut() = Some(body::channel_body(rx));
+        self.progress.reset(0, Some(length));
+
+        let timeout = self.spec.request_timeout;
+        let pump = body::pump(source, tx, &self.spec.limits, self.progress, timeout, &slot);
+        let send = self.client.execute(request);
+        tokio::pin!(pump, send);
+        let mut pumped = false;
+        let head_deadline = tokio::time::sleep(timeout);
+        tokio::pin!(head_deadline);
+        let response = loop {
+            tokio::select! {
+                r = &mut send => break r,
+                p = &mut pump, if !pumped => {
+                    p?;
+                    pumped = true;
+                    // The whole body is out: the head is due within the request timeout.
+                    head_deadline.as_mut().reset(Instant::now() + timeout);
+                }
+                () = &mut head_deadline, if pumped => {
+                    return Err(ErrorKind::RequestTimeout(timeout).into());
+                }
+            }
+        };
+        let response = match response {
+            Ok(response) => response,
+            // A failing source makes the request fail too: report the source's error.
+            Err(e) => return Err(slot.take().unwrap_or_else(|| classify(e, url))),
+        };
+        Ok((response, self.progress.received()))
+    }
+
+    /// Writes the response body to the reply file, within the size limit.
+    async fn save_reply(
+        &self,
+        mut response: reqwest::Response,
+        url: &Url,
+    ) -> Result<ServerReply, Error> {
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
+            })
+            .collect();
+        let path = &self.spec.reply;
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| Error::io("create", path, e))?;
+        let timeout = self.spec.request_timeout;
+        let limit = self.spec.max_reply_bytes;
+        let mut bytes = 0u64;
+        loop {
+            let chunk = tokio::time::timeout(timeout, response.chunk())
+                .await
+                .map_err(|_| Error::from(ErrorKind::RequestTimeout(timeout)))?
+                .map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Interrupted {
+                            host: url.host_str().unwrap_or("").to_owned(),
+                        },
+                        e,
+                    )
+                })?;
+            let Some(chunk) = chunk else { break };
+            bytes += chunk.len() as u64;
+            if bytes > limit {
+                return Err(ErrorKind::ReplyTooLarge { limit }.into());
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io("write to", path, e))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| Error::io("write to", path, e))?;
+        file.sync_data()
+            .await
+            .map_err(|e| Error::io("sync", path, e))?;
+        Ok(ServerReply {
+            status,
+            headers,
+            path: path.clone(),
+            bytes,
+        })
+    }
+}
