@@ -12,6 +12,9 @@
 #   NOSYNC        1: also run "ferry-nosync", a second daemon under eatmydata (fsync and
 #                 fdatasync become no-ops) - a diagnostic of what durability costs, not a
 #                 valid configuration; 0: skip it                      (default 1)
+#   BASELINE      path of another ferryd binary (e.g. one built before a change): adds the tool
+#                 "ferry-base", the same client against a daemon running that binary, rotated
+#                 with the others - a before/after comparison under the same load   (default none)
 #   PROFILE       1: after the timed runs, two extra ferry runs with `strace -f -c` and
 #                 `strace -f -c -w` attached to the daemon (not in the tables)  (default 1)
 #   PERF          1: one more extra ferry run with `perf record -g` on the daemon, and the
@@ -48,6 +51,7 @@ PROFILE=${PROFILE:-1}
 PERF=${PERF:-0}
 OUTPUTS=${OUTPUTS:-aside}
 BENCHES=${BENCHES:-small queue}
+BASELINE=${BASELINE:-}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -63,6 +67,7 @@ for b in $BENCHES; do
     case $b in small | queue) ;; *) die "unknown benchmark $b" ;; esac
 done
 [[ $OUTPUTS == aside || $OUTPUTS == delete ]] || die "OUTPUTS must be aside or delete"
+[[ -z $BASELINE || -x $BASELINE ]] || die "BASELINE must be an executable ferryd"
 
 CLIENT=$REPO/bench/daemon_client.py
 
@@ -114,6 +119,7 @@ chmod 755 "$WORKDIR" "$WWW" "$WWW/d" # nginx's worker runs as nobody when starte
 
 # Copies, so a concurrent `cargo build` in the work tree cannot swap the binary mid-run.
 cp "$REPO/target/release/ferryd" "$BIN/"
+[[ -z $BASELINE ]] || cp "$BASELINE" "$BIN/ferryd-base"
 
 # Starts a ferryd with FERRY_HOME=$1 (extra words after it: a wrapper command such as
 # eatmydata); sets DAEMON_PID and DAEMON_SOCK.
@@ -121,7 +127,7 @@ start_daemon() {
     local home=$1
     shift
     mkdir -p "$home"
-    FERRY_HOME=$home FERRY_LOG=warn FERRY_MAX_RUNNING=16 "$@" "$BIN/ferryd" 2>>"$home.log" &
+    FERRY_HOME=$home FERRY_LOG=warn FERRY_MAX_RUNNING=16 "$@" "${DAEMON_BIN:-$BIN/ferryd}" 2>>"$home.log" &
     DAEMON_PID=$!
     DAEMON_PIDS+=("$DAEMON_PID")
     DAEMON_SOCK=$home/ferryd.sock
@@ -148,7 +154,7 @@ CLK_TCK=$(getconf CLK_TCK)
 print_machine "ferryd benchmark: many small files, many tasks" \
     "sendfile on, tcp_nopush on, keepalive_requests 10000, 1 worker"
 echo "- python3: $(python3 --version 2>&1)"
-echo "- RUNS=$RUNS FILES=$FILES FILE_SIZE=$FILE_SIZE TASKS=$TASKS LIST_RUNS=$LIST_RUNS NOSYNC=$NOSYNC PROFILE=$PROFILE PERF=$PERF OUTPUTS=$OUTPUTS"
+echo "- RUNS=$RUNS FILES=$FILES FILE_SIZE=$FILE_SIZE TASKS=$TASKS LIST_RUNS=$LIST_RUNS NOSYNC=$NOSYNC PROFILE=$PROFILE PERF=$PERF OUTPUTS=$OUTPUTS${BASELINE:+ BASELINE=$BASELINE}"
 echo
 
 # ================================================================================================
@@ -234,6 +240,11 @@ PY
         NOSYNC_DAEMON=$DAEMON_PID NOSYNC_SOCK=$DAEMON_SOCK
         tools=(ferry aria2c curl ferry-nosync)
     fi
+    if [[ -n $BASELINE ]]; then
+        DAEMON_BIN=$BIN/ferryd-base start_daemon "$WORKDIR/home-base"
+        BASE_DAEMON=$DAEMON_PID BASE_SOCK=$DAEMON_SOCK
+        tools+=(ferry-base)
+    fi
 
     echo "## Small files: $FILES × $FILE_SIZE bytes, $RUNS runs per tool"
     echo
@@ -268,6 +279,7 @@ PY
     echo
     stop_pid "$FERRY_DAEMON" ferryd
     [[ $NOSYNC != 1 ]] || stop_pid "$NOSYNC_DAEMON" ferryd
+    [[ -z $BASELINE ]] || stop_pid "$BASE_DAEMON" ferryd
     DAEMON_PIDS=()
     stop_pid "$NGINX_PID" nginx
     NGINX_PID=
@@ -277,6 +289,7 @@ set_cmd() {
     case $1 in
     ferry) CMD=(python3 "$CLIENT" many --socket "$FERRY_SOCK" --urls "$LISTS/urls.txt" --out "$OUT") ;;
     ferry-nosync) CMD=(python3 "$CLIENT" many --socket "$NOSYNC_SOCK" --urls "$LISTS/urls.txt" --out "$OUT") ;;
+    ferry-base) CMD=(python3 "$CLIENT" many --socket "$BASE_SOCK" --urls "$LISTS/urls.txt" --out "$OUT") ;;
     aria2c)
         CMD=(aria2c -q -j16 -x1 -i "$LISTS/aria2.txt" -d "$OUT" --allow-overwrite=true
             --file-allocation=none)
@@ -309,7 +322,7 @@ timed_run() {
     rm -rf "$OUT"
     mkdir -p "$OUT"
     sync
-    case $tool in ferry) daemon=$FERRY_DAEMON ;; ferry-nosync) daemon=$NOSYNC_DAEMON ;; esac
+    case $tool in ferry) daemon=$FERRY_DAEMON ;; ferry-nosync) daemon=$NOSYNC_DAEMON ;; ferry-base) daemon=$BASE_DAEMON ;; esac
     local s0=0 s1=0
     [[ -z $daemon ]] || { d0=$(cpu_ticks "$daemon"); s0=$(thread_ticks "$daemon" ferryd-store); }
     n0=$(cpu_ticks "$worker")
@@ -412,6 +425,9 @@ if {"ferry", "aria2c", "curl"} <= med.keys():
 if "ferry-nosync" in med:
     print(f"- diagnostic: ferry-nosync (ferryd under eatmydata: no fsync/fdatasync) {med['ferry-nosync']:.3f} s = "
           f"{med['ferry-nosync'] / med['ferry']:.2f}× ferry, {ratio('ferry-nosync', 'aria2c')}× aria2c, {ratio('ferry-nosync', 'curl')}× curl")
+if "ferry-base" in med:
+    print(f"- before/after: ferry-base (the BASELINE binary) {med['ferry-base']:.3f} s; ferry {med['ferry']:.3f} s = "
+          f"{med['ferry'] / med['ferry-base']:.2f}× ferry-base; ferry-base {ratio('ferry-base', 'aria2c')}× aria2c, {ratio('ferry-base', 'curl')}× curl")
 print()
 PY
 }

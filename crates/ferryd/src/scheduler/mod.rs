@@ -444,12 +444,14 @@ impl Scheduler {
             self.wake();
         };
         let this = self.clone();
+        // Relaxed: no client is told a task started (no event), and a crash that loses this
+        // commit leaves the task waiting — as the restart's normalisation would anyway.
         let moved = self
             .store
-            .write(move |c| {
+            .write_relaxed(move |c| {
                 let moved = tasks::transition(c, id, &[WAITING], CONNECTING, None)?;
                 if !moved {
-                    return Ok((None, Vec::new()));
+                    return Ok(None);
                 }
                 // The row as of this commit, not as the round read it: a priority or URL
                 // changed meanwhile applies to this run, and a change committed after this
@@ -458,10 +460,7 @@ impl Scheduler {
                     .ok_or_else(|| StoreError::NotFound(format!("task {id} vanished")))?;
                 this.refresh_running(&row);
                 let started_at = tasks::mark_started(c, id)?;
-                Ok((
-                    Some((row, tasks::checkpoint(c, id)?, started_at)),
-                    Vec::new(),
-                ))
+                Ok(Some((row, tasks::checkpoint(c, id)?, started_at)))
             })
             .await;
         let (row, checkpoint, started_at) = match moved {
@@ -674,4 +673,71 @@ pub fn headers<'a>(
         map.append(n, v);
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewTask;
+
+    /// A run's start is committed relaxed (no fsync; nobody is told), its end durably — and
+    /// the file is placed (its folder synced) before the end is recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_start_commits_relaxed_and_the_end_durably() {
+        let server = ferry_testserver::TestServer::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            root: dir.path().join("home"),
+        };
+        std::fs::create_dir_all(&layout.root).unwrap();
+        let hub = Arc::new(Hub::default());
+        let store = Arc::new(Store::open(&layout.database(), hub.clone()).unwrap());
+        let out = dir.path().join("f");
+        let request: ferry_proto::DownloadRequest = serde_json::from_value(serde_json::json!({
+            "url": server.url("/bytes/1000"),
+            "destination": out.to_str().unwrap(),
+            "start": true,
+        }))
+        .unwrap();
+        let id = store
+            .write(move |c| {
+                sessions::ensure(c, "s")?;
+                let task = NewTask {
+                    session: "s".into(),
+                    request,
+                    priority: Priority::Normal,
+                    state: WAITING,
+                };
+                Ok((tasks::insert(c, &task)?.id, Vec::new()))
+            })
+            .await
+            .unwrap();
+        let before = store.commit_counts();
+        let scheduler = Arc::new(Scheduler::new(
+            store.clone(),
+            hub,
+            layout.clone(),
+            Engine::new(&ferry_engine::ClientConfig::default()).unwrap(),
+            SchedulerConfig::default(),
+            Keeper::open(&layout).unwrap(),
+        ));
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(scheduler.run(shutdown.clone()));
+        loop {
+            let row = store.read(|c| tasks::get(c, id)).unwrap().unwrap();
+            if row.state == succeeded() {
+                break;
+            }
+            assert!(!matches!(row.state, TaskState::Completed { .. }), "{row:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), 1000);
+        // Once the loop has stopped, the run's end has been answered (and so counted).
+        shutdown.cancel();
+        running.await.unwrap();
+        let after = store.commit_counts();
+        assert!(after.relaxed > before.relaxed, "the start was relaxed");
+        assert!(after.full > before.full, "the end was durable");
+        store.close();
+    }
 }

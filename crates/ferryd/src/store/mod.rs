@@ -4,6 +4,14 @@
 //! savepoint of one transaction, commits once, and only then answers the callers and
 //! publishes the journal events the jobs wrote — so an event reaches a client only after
 //! it is durable, and a thousand finishing tasks cost one fsync, not a thousand.
+//!
+//! A *relaxed* job ([`Store::write_relaxed`], [`Store::write_detached_relaxed`]) writes state
+//! no client has been told about and that a crash may lose — a run's start, a checkpoint —
+//! and can publish no events. A batch of relaxed jobs only is committed with
+//! `synchronous=NORMAL`: written to the WAL without an fsync. The WAL is replayed in order up
+//! to its first incomplete commit, so the next `FULL` commit's fsync makes every earlier
+//! relaxed commit durable with it, and a crash loses at most a tail of relaxed commits —
+//! never one that a later durable commit follows.
 
 mod schema;
 pub mod tasks;
@@ -58,7 +66,21 @@ struct Finished {
     reply: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
 }
 
-type Job = Box<dyn FnOnce(&Connection) -> Finished + Send>;
+/// A queued write.
+struct Job {
+    /// Whether a crash may lose it (see the module doc): no events, no answer a client sees.
+    relaxed: bool,
+    run: Box<dyn FnOnce(&Connection) -> Finished + Send>,
+}
+
+/// Commits with `synchronous=NORMAL` (no fsync) and with `FULL`, as counted by the writer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CommitCounts {
+    /// Transactions committed with `synchronous=FULL`.
+    pub full: u64,
+    /// Transactions committed with `synchronous=NORMAL` (relaxed jobs only).
+    pub relaxed: u64,
+}
 
 /// The store; cheap to share behind an `Arc`.
 pub struct Store {
@@ -66,6 +88,7 @@ pub struct Store {
     jobs: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     reader: Mutex<Connection>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    commits: Arc<Mutex<CommitCounts>>,
     path: PathBuf,
 }
 
@@ -111,14 +134,17 @@ impl Store {
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
 
         let (jobs, queue) = mpsc::unbounded_channel();
+        let commits = Arc::new(Mutex::new(CommitCounts::default()));
+        let counts = commits.clone();
         let writer = std::thread::Builder::new()
             .name("ferryd-store".into())
-            .spawn(move || write_loop(conn, queue, &hub))
+            .spawn(move || write_loop(conn, queue, &hub, &counts))
             .map_err(|e| unusable(path, &format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             jobs: Mutex::new(Some(jobs)),
             reader: Mutex::new(reader),
             writer: Mutex::new(Some(writer)),
+            commits,
             path: path.to_owned(),
         })
     }
@@ -130,10 +156,51 @@ impl Store {
         f: impl FnOnce(&Connection) -> Result<(R, Vec<EventFrame>), StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.submit_job(f, move |r| {
+        self.submit_job(false, f, move |r| {
             let _ = tx.send(r);
         });
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Like [`Store::write`] for state no client has been told about and that a crash may
+    /// lose (it then reads as it did before): committed without an fsync when only relaxed
+    /// jobs share the transaction, made durable by the next durable commit. Publishes no
+    /// events. Do not tell a client about what it wrote before a durable commit follows.
+    pub async fn write_relaxed<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit_job(
+            true,
+            move |c| f(c).map(|value| (value, Vec::new())),
+            move |r| {
+                let _ = tx.send(r);
+            },
+        );
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`Store::write_detached`] for relaxed state (see [`Store::write_relaxed`]):
+    /// checkpoints.
+    pub fn write_detached_relaxed(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
+    ) {
+        self.submit_job(
+            true,
+            move |c| f(c).map(|()| ((), Vec::new())),
+            |r: Result<(), StoreError>| {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "a background store write failed");
+                }
+            },
+        );
+    }
+
+    /// How many transactions the writer committed durably and relaxed so far.
+    pub fn commit_counts(&self) -> CommitCounts {
+        *self.commits.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Like [`Store::write`] without waiting: for checkpoints and events reported from the
@@ -143,6 +210,7 @@ impl Store {
         f: impl FnOnce(&Connection) -> Result<Vec<EventFrame>, StoreError> + Send + 'static,
     ) {
         self.submit_job(
+            false,
             move |c| f(c).map(|events| ((), events)),
             |r: Result<(), StoreError>| {
                 if let Err(e) = r {
@@ -154,10 +222,11 @@ impl Store {
 
     fn submit_job<R: Send + 'static>(
         &self,
+        relaxed: bool,
         f: impl FnOnce(&Connection) -> Result<(R, Vec<EventFrame>), StoreError> + Send + 'static,
         answer: impl FnOnce(Result<R, StoreError>) + Send + 'static,
     ) {
-        let job: Job = Box::new(move |conn| match f(conn) {
+        let run = Box::new(move |conn: &Connection| match f(conn) {
             Ok((value, events)) => Finished {
                 ok: true,
                 events,
@@ -169,6 +238,7 @@ impl Store {
                 reply: Box::new(move |_| answer(Err(e))),
             },
         });
+        let job = Job { relaxed, run };
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let sent = jobs.as_ref().map(|j| j.send(job));
         if !matches!(sent, Some(Ok(()))) {
@@ -276,7 +346,14 @@ fn normalise(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn write_loop(mut conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>, hub: &Hub) {
+fn write_loop(
+    mut conn: Connection,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    hub: &Hub,
+    counts: &Mutex<CommitCounts>,
+) {
+    // `open` set FULL; the level can only change outside a transaction.
+    let mut relaxed_now = false;
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -285,19 +362,48 @@ fn write_loop(mut conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>, hub
                 Err(_) => break,
             }
         }
+        // Relaxed jobs publish no events and answer no client: a batch of only those needs
+        // no fsync. Any other job makes the commit durable, with every relaxed one before it.
+        let relaxed = batch.iter().all(|j| j.relaxed);
+        // A durable batch that cannot get FULL back is rolled back, never committed relaxed.
+        let mut unsafe_level = None;
+        if relaxed != relaxed_now {
+            let level = if relaxed { "NORMAL" } else { "FULL" };
+            match conn.pragma_update(None, "synchronous", level) {
+                Ok(()) => relaxed_now = relaxed,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not set synchronous={level}");
+                    if !relaxed {
+                        unsafe_level = Some(e);
+                    }
+                }
+            }
+        }
         let mut finished = Vec::with_capacity(batch.len());
         let committed = (|| -> Result<(), rusqlite::Error> {
             let mut tx = conn.transaction()?;
             for job in batch {
                 let sp = tx.savepoint()?;
-                let done = job(&sp);
+                let done = (job.run)(&sp);
                 if done.ok {
                     sp.commit()?;
                 } // else: dropping the savepoint rolls the failed job back alone.
                 finished.push(done);
             }
-            tx.commit()
+            match unsafe_level {
+                Some(e) => Err(e), // dropping `tx` rolls the batch back
+                None => tx.commit(),
+            }
         })();
+        if committed.is_ok() {
+            // Counted before anyone is answered, so a caller sees its own commit counted.
+            let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+            if relaxed_now {
+                counts.relaxed += 1;
+            } else {
+                counts.full += 1;
+            }
+        }
         for done in finished {
             match &committed {
                 Ok(()) => {
@@ -307,7 +413,7 @@ fn write_loop(mut conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>, hub
                 Err(e) => (done.reply)(Err(StoreError::Unusable(format!("commit failed: {e}")))),
             }
         }
-        if let Err(e) = committed {
+        if let Err(e) = &committed {
             tracing::error!(error = %e, "a store transaction failed");
         }
     }
@@ -421,6 +527,50 @@ pub mod sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn synchronous(c: &Connection) -> Result<i64, StoreError> {
+        Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?)
+    }
+
+    /// Relaxed jobs alone commit with `synchronous=NORMAL` (1); a durable job after them gets
+    /// `FULL` (2) back, and so does a batch that mixes the two — the relaxed job in it is then
+    /// committed durably too.
+    #[tokio::test]
+    async fn only_a_batch_of_relaxed_jobs_commits_without_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ferry.db"), Arc::new(Hub::default())).unwrap();
+        assert_eq!(store.write_relaxed(synchronous).await.unwrap(), 1);
+        assert_eq!(
+            store.commit_counts(),
+            CommitCounts {
+                full: 0,
+                relaxed: 1
+            }
+        );
+        let durable = store.write(|c| Ok((synchronous(c)?, Vec::new()))).await;
+        assert_eq!(durable.unwrap(), 2);
+
+        // Hold the writer in a job so the next two queue up and share one transaction.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let gate = store.write(move |_| {
+            held.recv().unwrap();
+            Ok(((), Vec::new()))
+        });
+        let mut gate = Box::pin(gate);
+        let mut relaxed = Box::pin(store.write_relaxed(synchronous));
+        let mut durable = Box::pin(store.write(|c| Ok((synchronous(c)?, Vec::new()))));
+        // A first poll queues each job (in this order); then the writer may go on.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(gate.as_mut().poll(&mut cx).is_pending());
+        assert!(relaxed.as_mut().poll(&mut cx).is_pending());
+        assert!(durable.as_mut().poll(&mut cx).is_pending());
+        release.send(()).unwrap();
+        gate.await.unwrap();
+        let (relaxed, durable) = (relaxed.await.unwrap(), durable.await.unwrap());
+        assert_eq!((relaxed, durable), (2, 2), "a mixed batch is durable");
+        assert_eq!(store.commit_counts().relaxed, 1);
+        store.close();
+    }
 
     /// A journal written before rows carried their task's tag (schema 6) keeps the tags
     /// through the migration, also once the task is removed.
