@@ -444,7 +444,11 @@ async fn control(
 /// Forgets a completed task. Its files go first, so that a deletion that fails leaves the
 /// task there to try again (a completed task's row changes no more). Its journal rows stay
 /// until acknowledged: they carry what their delivery needs.
-async fn remove(ctx: &Context, task: u64, delete_file: bool) -> Result<Response, ErrorInfo> {
+pub(crate) async fn remove(
+    ctx: &Context,
+    task: u64,
+    delete_file: bool,
+) -> Result<Response, ErrorInfo> {
     let row = read(ctx, move |c| tasks::get(c, task))
         .await?
         .ok_or_else(|| scheduler::unknown_task(task))?;

@@ -8,6 +8,8 @@
 //!   ferryd.sock             0600  the protocol socket
 //!   staging/<task>.part     bytes of unfinished downloads
 //!   inbox/<session>/        finished downloads without a destination
+//!   resume/<id>.part        kept bytes of resume data, reclaimed after the retention period
+//!   logs/launch-<session>.log (+ .1)  launch command output, rotated at 1 MiB
 //! ```
 
 use std::fs::{File, OpenOptions};

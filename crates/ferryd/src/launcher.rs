@@ -2,7 +2,8 @@
 //!
 //! A session with a `launch_command` whose journal holds undelivered events, with no client
 //! attached and no task waiting or running, gets its command run — with `FERRY_SESSION` and
-//! `FERRY_HOME` set, output appended to `$FERRY_HOME/logs/launch-<session>.log`. If the events
+//! `FERRY_HOME` set, output appended to `$FERRY_HOME/logs/launch-<session>.log` (a log that
+//! reached 1 MiB is first renamed to `launch-<session>.log.1`, replacing an older one). If the events
 //! are still undelivered later (the command failed, or the application did not attach and
 //! acknowledge), it is run again after a delay that doubles each time, from the session's
 //! `launch_retry_secs` up to an hour. A session the user terminated is never launched: like
@@ -24,6 +25,9 @@ use crate::store::{Store, StoreError};
 
 /// Longest delay between two launches of the same session.
 const MAX_DELAY: Duration = Duration::from_secs(3600);
+
+/// A launch log this long is rotated before the next launch.
+const LOG_LIMIT: u64 = 1024 * 1024;
 
 #[derive(Debug, Default)]
 struct Tries {
@@ -95,13 +99,7 @@ impl Launcher {
     }
 
     fn spawn(&self, session: &str, argv: &[String]) {
-        let logs = self.layout.root.join("logs");
-        let log = std::fs::create_dir_all(&logs).and_then(|()| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(logs.join(format!("launch-{session}.log")))
-        });
+        let log = open_log(&self.layout.root.join("logs"), session);
         let (out, err) = match log.and_then(|f| Ok((f.try_clone()?, f))) {
             Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
             Err(e) => {
@@ -137,6 +135,23 @@ impl Launcher {
     }
 }
 
+/// Opens `launch-<session>.log` in `logs` for appending; one that has reached [`LOG_LIMIT`]
+/// becomes `launch-<session>.log.1` (replacing an older one) and a new one is started.
+fn open_log(logs: &std::path::Path, session: &str) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(logs)?;
+    let path = logs.join(format!("launch-{session}.log"));
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() >= LOG_LIMIT => {
+            std::fs::rename(&path, logs.join(format!("launch-{session}.log.1")))?;
+        }
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
 /// Sessions with undelivered events, nothing waiting or running, not terminated by the user.
 fn sessions_to_launch(c: &Connection) -> Result<Vec<(String, SessionConfig)>, StoreError> {
     let mut stmt = c.prepare_cached(
@@ -156,4 +171,38 @@ fn sessions_to_launch(c: &Connection) -> Result<Vec<(String, SessionConfig)>, St
         }
     }
     Ok(due)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_launch_log_is_rotated() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        let log = logs.join("launch-s.log");
+        let old = logs.join("launch-s.log.1");
+
+        // Under the limit: appended to.
+        open_log(&logs, "s").unwrap().write_all(b"first\n").unwrap();
+        open_log(&logs, "s")
+            .unwrap()
+            .write_all(b"second\n")
+            .unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), b"first\nsecond\n");
+        assert!(!old.exists());
+
+        // At the limit: renamed to .1, replacing an older one, and a new log started.
+        std::fs::write(&old, b"older").unwrap();
+        let full = vec![b'x'; LOG_LIMIT as usize];
+        std::fs::write(&log, &full).unwrap();
+        open_log(&logs, "s").unwrap().write_all(b"new\n").unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), b"new\n");
+        assert_eq!(std::fs::read(&old).unwrap(), full);
+        // Other sessions' logs are their own.
+        open_log(&logs, "t").unwrap().write_all(b"t\n").unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), b"new\n");
+    }
 }

@@ -13,6 +13,7 @@ pub mod home;
 pub mod hub;
 pub mod launcher;
 pub mod resume;
+pub mod retention;
 pub mod scheduler;
 pub mod server;
 pub mod store;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::handlers::Context;
 use crate::home::Layout;
 use crate::hub::Hub;
+use crate::retention::RetentionConfig;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::store::Store;
 
@@ -37,12 +39,16 @@ pub struct DaemonConfig {
     pub layout: Layout,
     /// Scheduler settings.
     pub scheduler: SchedulerConfig,
+    /// How long kept bytes and completed tasks stay, and how often that is swept.
+    pub retention: RetentionConfig,
 }
 
 impl DaemonConfig {
     /// From the environment: `FERRY_HOME`; `FERRY_RATE_LIMIT` (bytes per second for the whole
-    /// daemon); and for tests and tuning `FERRY_CHECKPOINT_MS` (checkpoint interval) and
-    /// `FERRY_MAX_RUNNING` (transfers at once).
+    /// daemon); `FERRY_RETENTION_SECS` (how long unused kept bytes and acknowledged completed
+    /// tasks stay, default 7 days); and for tests and tuning `FERRY_CHECKPOINT_MS`
+    /// (checkpoint interval), `FERRY_MAX_RUNNING` (transfers at once) and `FERRY_SWEEP_MS`
+    /// (time between retention sweeps, default an hour).
     pub fn from_env() -> Result<DaemonConfig> {
         let mut scheduler = SchedulerConfig::default();
         if let Some(ms) = env_number("FERRY_CHECKPOINT_MS")? {
@@ -54,9 +60,17 @@ impl DaemonConfig {
         if let Some(n) = env_number("FERRY_MAX_RUNNING")? {
             scheduler.max_running = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
         }
+        let mut retention = RetentionConfig::default();
+        if let Some(secs) = env_number("FERRY_RETENTION_SECS")? {
+            retention.period = Duration::from_secs(secs);
+        }
+        if let Some(ms) = env_number("FERRY_SWEEP_MS")? {
+            retention.interval = Duration::from_millis(ms.max(10));
+        }
         Ok(DaemonConfig {
             layout: Layout::from_env()?,
             scheduler,
+            retention,
         })
     }
 }
@@ -94,7 +108,7 @@ pub fn run(config: DaemonConfig) -> Result<()> {
 async fn serve(config: DaemonConfig, store: Arc<Store>, hub: Arc<Hub>) -> Result<()> {
     let layout = config.layout.clone();
     let engine = ferry_engine::Engine::new(&ferry_engine::ClientConfig::default())?;
-    let keeper = resume::Keeper::open(&layout)?;
+    let keeper = resume::Keeper::open(&layout)?.with_retention(config.retention.period);
     let scheduler = Arc::new(Scheduler::new(
         store.clone(),
         hub.clone(),
@@ -107,6 +121,10 @@ async fn serve(config: DaemonConfig, store: Arc<Store>, hub: Arc<Hub>) -> Result
     for (session, cfg) in &configs {
         scheduler.configure_session(session, cfg);
     }
+
+    // Watched before the socket exists: a client that can connect can also stop the daemon
+    // cleanly (a SIGTERM before this point would kill it without its clean stop).
+    let mut stop_signals = StopSignals::watch()?;
 
     // We hold the lock, so a socket file left here is a dead daemon's.
     let socket = layout.socket();
@@ -132,12 +150,17 @@ async fn serve(config: DaemonConfig, store: Arc<Store>, hub: Arc<Hub>) -> Result
         layout.clone(),
     ));
     let launching = tokio::spawn(launcher.run(shutdown.clone()));
+    let sweeping = tokio::spawn(retention::run(
+        ctx.clone(),
+        config.retention,
+        shutdown.clone(),
+    ));
     let accept = tokio::spawn(server::accept_loop(listener, ctx, shutdown.clone()));
     let scheduling = tokio::spawn(scheduler.run(shutdown.clone()));
     tracing::info!(home = %layout.root.display(), pid = std::process::id(), "ferryd ready");
 
     tokio::select! {
-        signalled = wait_for_signal() => signalled?,
+        () = stop_signals.recv() => {}
         () = requested.cancelled() => tracing::info!("a client asked ferryd to stop"),
     }
     tracing::info!("stopping: checkpointing running transfers");
@@ -145,18 +168,31 @@ async fn serve(config: DaemonConfig, store: Arc<Store>, hub: Arc<Hub>) -> Result
     let _ = accept.await;
     let _ = scheduling.await;
     let _ = launching.await;
+    let _ = sweeping.await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("while watching SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("while watching SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, the requests to stop.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn watch() -> Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("while watching SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("while watching SIGINT")?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -4,7 +4,10 @@
 //! A blob is the text `ferry-resume-v1.<payload>.<mac>`: `payload` is the hex of a JSON
 //! [`Payload`], `mac` the hex of HMAC-SHA-256 over the payload's bytes with the daemon's
 //! 32-byte key (`$FERRY_HOME/resume.key`, created on first use, mode 0600). The bytes live in
-//! the resume area, `$FERRY_HOME/resume/<file.id>.part`, until a task is created from the blob.
+//! the resume area, `$FERRY_HOME/resume/<file.id>.part`, until a task is created from the blob
+//! or the retention period (7 days unless configured) has passed since they were kept: the
+//! sweep ([`crate::retention`]) then reclaims them ([`Keeper::reclaim`]); a file's
+//! modification time is set when it is kept, and is its age.
 //! A blob that is not of this form, is cut short, was altered or was made by another daemon
 //! (another key), or whose file is gone or changed, is refused with `invalid_resume_data` and
 //! a reason.
@@ -12,6 +15,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use ferry_proto::{DownloadRequest, ErrorInfo, Headers};
 use hmac::{Hmac, Mac};
@@ -58,11 +62,15 @@ fn invalid(reason: impl Into<String>) -> ErrorInfo {
     ErrorInfo::new("invalid_resume_data", reason)
 }
 
+/// How long kept bytes stay in the resume area unused, unless configured.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The daemon's resume-data key and area.
 #[derive(Debug, Clone)]
 pub struct Keeper {
     key: [u8; 32],
     area: PathBuf,
+    retention: Duration,
 }
 
 impl Keeper {
@@ -100,7 +108,64 @@ impl Keeper {
             }
             Err(e) => return Err(e).with_context(|| format!("while reading {}", path.display())),
         };
-        Ok(Keeper { key, area })
+        Ok(Keeper {
+            key,
+            area,
+            retention: DEFAULT_RETENTION,
+        })
+    }
+
+    /// The same keeper with another retention period.
+    #[must_use]
+    pub fn with_retention(mut self, retention: Duration) -> Keeper {
+        self.retention = retention;
+        self
+    }
+
+    /// Deletes kept bytes kept longer ago than the retention period before `now` (a task
+    /// created from their blob has moved them out of the area). Returns how many files were
+    /// deleted; a file that cannot be examined or deleted is logged and skipped.
+    ///
+    /// # Errors
+    /// When the area cannot be listed.
+    pub fn reclaim(&self, now: SystemTime) -> std::io::Result<usize> {
+        let mut reclaimed = 0;
+        for entry in std::fs::read_dir(&self.area)? {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(area = %self.area.display(), error = %e, "cannot list the resume area");
+                    continue;
+                }
+            };
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "part") {
+                continue;
+            }
+            let kept_at = match entry.metadata().and_then(|m| m.modified()) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read the age of kept bytes");
+                    continue;
+                }
+            };
+            // A clock set back makes a file look young: it is kept, not deleted early.
+            let age = now.duration_since(kept_at).unwrap_or_default();
+            if age < self.retention {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "reclaimed expired kept bytes");
+                    reclaimed += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot reclaim kept bytes");
+                }
+            }
+        }
+        Ok(reclaimed)
     }
 
     fn file(&self, id: &str) -> PathBuf {
@@ -129,6 +194,11 @@ impl Keeper {
         let id = hex::encode(id);
         let kept = self.file(&id);
         std::fs::rename(staging, &kept)?;
+        // Its age in the area counts from now, not from its last write.
+        std::fs::File::options()
+            .write(true)
+            .open(&kept)?
+            .set_modified(SystemTime::now())?;
         let (len, tail_sha256) = tail_hash(&kept)?;
         let mut request = request.clone();
         request.headers = Headers(
@@ -198,10 +268,21 @@ impl Keeper {
         }
         let path = self.file(&payload.file.id);
         let (len, tail) = tail_hash(&path).map_err(|_| {
-            invalid(
-                "the bytes this resume data names are gone (already used, or deleted when its \
-                 task was removed)",
-            )
+            let age = crate::store::now().saturating_sub(payload.created_at);
+            if u64::try_from(age).unwrap_or(0) >= self.retention.as_secs() {
+                invalid(format!(
+                    "the bytes this resume data names are gone: they expired (kept bytes not \
+                     used within the retention period of {} are reclaimed; these were kept {} \
+                     ago)",
+                    human(self.retention.as_secs()),
+                    human(u64::try_from(age).unwrap_or(0)),
+                ))
+            } else {
+                invalid(
+                    "the bytes this resume data names are gone (already used, or deleted when \
+                     its task was removed)",
+                )
+            }
         })?;
         if len != payload.file.len || tail != payload.file.tail_sha256 {
             return Err(invalid("the bytes this resume data names have changed"));
@@ -223,6 +304,15 @@ impl Keeper {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// `90 s`, `3 h`, `7 d`: a duration for messages.
+fn human(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{} d", s / 86_400),
+        s if s >= 3_600 && s % 3_600 == 0 => format!("{} h", s / 3_600),
+        s => format!("{s} s"),
     }
 }
 
@@ -324,5 +414,28 @@ mod tests {
         assert!(k.open_blob(&blob).unwrap_err().message.contains("gone"));
         // The key survives a restart.
         assert_eq!(keeper(dir.path()).key, k.key);
+    }
+
+    #[test]
+    fn reclaims_bytes_kept_longer_than_the_retention_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = keeper(dir.path()).with_retention(Duration::from_secs(60));
+        let staging = dir.path().join("s.part");
+        std::fs::write(&staging, b"0123456789").unwrap();
+        let blob = k.keep(&staging, &request(), checkpoint()).unwrap();
+        let (_, path) = k.open_blob(&blob).unwrap();
+        let other = dir.path().join("resume").join("notes.txt");
+        std::fs::write(&other, b"not kept bytes").unwrap();
+        let now = SystemTime::now();
+        assert_eq!(k.reclaim(now).unwrap(), 0);
+        assert!(path.exists());
+        assert_eq!(k.reclaim(now + Duration::from_secs(61)).unwrap(), 1);
+        assert!(!path.exists());
+        assert!(other.exists(), "only kept bytes are reclaimed");
+        // Within the period a missing file was used or removed; after it, it expired.
+        assert!(!k.open_blob(&blob).unwrap_err().message.contains("expired"));
+        let short = k.clone().with_retention(Duration::ZERO);
+        let msg = short.open_blob(&blob).unwrap_err().message;
+        assert!(msg.contains("expired"), "{msg}");
     }
 }

@@ -78,4 +78,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
                               WHERE t.id = journal.task)
     WHERE task IS NOT NULL;
     "#,
+    // 8: when a task completed, for retention (completed tasks are forgotten a while after
+    // their events were acknowledged). A completed row changed no more, so `updated_at` is
+    // when it completed.
+    r#"
+    ALTER TABLE tasks ADD COLUMN completed_at INTEGER;
+    UPDATE tasks SET completed_at = updated_at
+    WHERE state IN ('succeeded', 'failed', 'cancelled');
+    "#,
 ];

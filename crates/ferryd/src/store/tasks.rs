@@ -240,9 +240,19 @@ pub fn transition(
     error: Option<&ErrorInfo>,
 ) -> Result<bool, StoreError> {
     let names: Vec<&str> = from.iter().map(|s| s.name()).collect();
-    let placeholders = vec!["?"; names.len()].join(", ");
+    // A task's completion is stamped once, for retention.
+    let completed = if matches!(to, TaskState::Completed { .. }) {
+        "?3"
+    } else {
+        "NULL"
+    };
     let sql = format!(
-        "UPDATE tasks SET state = ?, error = ?, updated_at = ? WHERE id = ? AND state IN ({placeholders})"
+        "UPDATE tasks SET state = ?1, error = ?2, updated_at = ?3, completed_at = {completed} \
+         WHERE id = ?4 AND state IN ({})",
+        (0..names.len())
+            .map(|i| format!("?{}", i + 5))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let error = error.map(serde_json::to_string).transpose()?;
     let mut params: Vec<Box<dyn rusqlite::ToSql>> = vec![
@@ -496,6 +506,20 @@ pub fn delete_completed(conn: &Connection, id: u64) -> Result<bool, StoreError> 
         exec(conn, "DELETE FROM tasks WHERE id = ?1", [to_i64(id)])?;
     }
     Ok(completed)
+}
+
+/// Completed tasks that completed before `before` (seconds since the epoch) and have no
+/// unacknowledged journal event, in id order: what retention forgets.
+pub fn expired_completed(conn: &Connection, before: i64) -> Result<Vec<u64>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT t.id FROM tasks t \
+         WHERE t.state IN ('succeeded', 'failed', 'cancelled') \
+           AND t.completed_at IS NOT NULL AND t.completed_at < ?1 \
+           AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.session = t.session AND j.task = t.id) \
+         ORDER BY t.id",
+    )?;
+    let ids = stmt.query_map([before], |r| r.get::<_, i64>(0))?;
+    ids.map(|id| Ok(id? as u64)).collect()
 }
 
 /// Records a cancelled task's resume data.

@@ -222,3 +222,35 @@ async fn the_resource_timeout_spans_restarts() {
     );
     assert_eq!(done.error.unwrap().code, "timed_out");
 }
+
+/// Regression: ferryd used to bind its socket before it watched SIGTERM, so a SIGTERM sent
+/// as soon as the socket existed could kill it the default way (signal exit status, no
+/// clean stop) instead of stopping it cleanly.
+#[test]
+fn sigterm_right_after_the_socket_appears_is_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..10 {
+        let home = dir.path().join(format!("home{round}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferryd"))
+            .env("FERRY_HOME", &home)
+            .env("FERRY_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let socket = home.join("ferryd.sock");
+        let deadline = std::time::Instant::now() + crate::fixture::PATIENCE;
+        // As tight as it gets: the signal follows the socket's creation by microseconds.
+        while !socket.exists() {
+            assert!(std::time::Instant::now() < deadline, "no socket");
+            std::thread::yield_now();
+        }
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "round {round}: {status:?}");
+        assert!(!socket.exists(), "round {round}: the socket is removed");
+    }
+}

@@ -10,6 +10,8 @@ mod durability;
 mod groups;
 mod journal;
 mod launch;
+mod migrations;
 mod resume;
+mod retention;
 mod scheduling;
 mod tasks;
