@@ -286,6 +286,57 @@ pub fn parse_url(text: &str) -> Result<Url, Error> {
     Ok(url)
 }
 
+/// The target of a redirect from `current` to `location`, checked as SPEC §9 asks (a URL
+/// of an allowed scheme, no `https` → `http` unless allowed, no loop, at most
+/// [`MAX_REDIRECTS`] hops after `visited`), with the secret headers dropped from `headers`
+/// when it leaves `current`'s origin. Downloads and uploads follow redirects with it.
+pub(crate) fn redirect_target(
+    current: &Url,
+    location: &str,
+    visited: &[Url],
+    allow_insecure: bool,
+    headers: &mut HeaderMap,
+) -> Result<Url, Error> {
+    let next = current.join(location).map_err(|e| ErrorKind::BadRedirect {
+        from: current.to_string(),
+        reason: format!("unparsable Location {location:?}: {e}"),
+    })?;
+    check_scheme(&next, next.as_str())?;
+    if current.scheme() == "https" && next.scheme() == "http" && !allow_insecure {
+        return Err(ErrorKind::InsecureRedirect {
+            from: current.to_string(),
+            to: next.to_string(),
+        }
+        .into());
+    }
+    if visited.len() > MAX_REDIRECTS || visited.contains(&next) {
+        return Err(ErrorKind::TooManyRedirects {
+            limit: MAX_REDIRECTS,
+            last: next.to_string(),
+        }
+        .into());
+    }
+    if next.origin() != current.origin() {
+        for secret in [
+            http::header::AUTHORIZATION,
+            http::header::COOKIE,
+            http::header::PROXY_AUTHORIZATION,
+        ] {
+            headers.remove(secret);
+        }
+    }
+    Ok(next)
+}
+
+/// Resolves when a transfer's resource timeout, counted from now, has passed (never without
+/// one).
+pub(crate) async fn resource_deadline(timeout: Option<Duration>) {
+    match timeout {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn check_scheme(url: &Url, text: &str) -> Result<(), Error> {
     match url.scheme() {
         "http" | "https" => Ok(()),

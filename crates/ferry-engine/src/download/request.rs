@@ -5,7 +5,7 @@ use ::http::header::{self, HeaderValue};
 use url::Url;
 
 use super::transfer::Transfer;
-use super::{Event, MAX_REDIRECTS, Redirect, check_scheme};
+use super::{Event, Redirect, redirect_target};
 use crate::checkpoint::{Cursor, OPEN_END};
 use crate::error::{Error, ErrorKind};
 
@@ -39,37 +39,13 @@ impl Transfer<'_> {
                 }
                 return Ok(response);
             };
-            let next = current.join(location).map_err(|e| ErrorKind::BadRedirect {
-                from: current.to_string(),
-                reason: format!("unparsable Location {location:?}: {e}"),
-            })?;
-            check_scheme(&next, next.as_str())?;
-            if current.scheme() == "https"
-                && next.scheme() == "http"
-                && !self.spec.allow_insecure_redirects
-            {
-                return Err(ErrorKind::InsecureRedirect {
-                    from: current.to_string(),
-                    to: next.to_string(),
-                }
-                .into());
-            }
-            if visited.len() > MAX_REDIRECTS || visited.contains(&next) {
-                return Err(ErrorKind::TooManyRedirects {
-                    limit: MAX_REDIRECTS,
-                    last: next.to_string(),
-                }
-                .into());
-            }
-            if next.origin() != current.origin() {
-                for secret in [
-                    header::AUTHORIZATION,
-                    header::COOKIE,
-                    header::PROXY_AUTHORIZATION,
-                ] {
-                    headers.remove(secret);
-                }
-            }
+            let next = redirect_target(
+                &current,
+                location,
+                &visited,
+                self.spec.allow_insecure_redirects,
+                &mut headers,
+            )?;
             let redirect = Redirect {
                 from: current.clone(),
                 to: next.clone(),

@@ -7,13 +7,14 @@ use std::time::SystemTime;
 use futures_util::future::try_join_all;
 use http::HeaderMap;
 use http::header::{self, HeaderValue};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::request::{content_range, is_chunked, range_header};
 use super::segments::SegmentMap;
-use super::{Destination, DownloadSpec, Downloaded, Event, Failure, Observer, Redirect};
+use super::{
+    Destination, DownloadSpec, Downloaded, Event, Failure, Observer, Redirect, resource_deadline,
+};
 use crate::checkpoint::{Checkpoint, Cursor, OPEN_END, Segment, Validators};
 use crate::checksum::{Algorithm, Checksum, Hasher};
 use crate::dirsync::FolderSyncer;
@@ -155,13 +156,7 @@ impl<'a> Transfer<'a> {
     }
 
     pub(super) async fn run(&mut self, cancel: &CancellationToken) -> Result<Downloaded, Failure> {
-        let deadline = self.spec.resource_timeout.map(|t| Instant::now() + t);
-        let expired = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let expired = resource_deadline(self.spec.resource_timeout);
         tokio::pin!(expired);
         let timed_out = || {
             Error::from(ErrorKind::TimedOut(

@@ -17,7 +17,7 @@ use url::Url;
 use super::body::{self, BoxError, ErrorSlot, Sources};
 use super::{ServerReply, UploadBody, UploadFailure, UploadSpec, Uploaded, invalid};
 use crate::download::request::classify;
-use crate::download::{Event, MAX_REDIRECTS, Observer, Redirect, parse_url};
+use crate::download::{Event, Observer, Redirect, redirect_target, resource_deadline};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::retry::parse_retry_after;
@@ -66,13 +66,7 @@ impl<'a> Upload<'a> {
         mut self,
         cancel: &CancellationToken,
     ) -> Result<Uploaded, UploadFailure> {
-        let deadline = self.spec.resource_timeout.map(|t| Instant::now() + t);
-        let expired = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let expired = resource_deadline(self.spec.resource_timeout);
         tokio::pin!(expired);
         let timed_out = || {
             Error::from(ErrorKind::TimedOut(
@@ -175,16 +169,13 @@ impl<'a> Upload<'a> {
                 .get(header::LOCATION)
                 .and_then(|l| l.to_str().ok());
             if let (307 | 308, Some(location)) = (status, location) {
-                let next = self.redirect_target(&current, location, &visited)?;
-                if next.origin() != current.origin() {
-                    for secret in [
-                        header::AUTHORIZATION,
-                        header::COOKIE,
-                        header::PROXY_AUTHORIZATION,
-                    ] {
-                        headers.remove(secret);
-                    }
-                }
+                let next = redirect_target(
+                    &current,
+                    location,
+                    &visited,
+                    self.spec.allow_insecure_redirects,
+                    &mut headers,
+                )?;
                 let redirect = Redirect {
                     from: current.clone(),
                     to: next.clone(),
@@ -231,37 +222,6 @@ impl<'a> Upload<'a> {
                 redirects: self.redirects.clone(),
             });
         }
-    }
-
-    fn redirect_target(
-        &self,
-        current: &Url,
-        location: &str,
-        visited: &[Url],
-    ) -> Result<Url, Error> {
-        let next = current.join(location).map_err(|e| ErrorKind::BadRedirect {
-            from: current.to_string(),
-            reason: format!("unparsable Location {location:?}: {e}"),
-        })?;
-        parse_url(next.as_str())?;
-        if current.scheme() == "https"
-            && next.scheme() == "http"
-            && !self.spec.allow_insecure_redirects
-        {
-            return Err(ErrorKind::InsecureRedirect {
-                from: current.to_string(),
-                to: next.to_string(),
-            }
-            .into());
-        }
-        if visited.len() > MAX_REDIRECTS || visited.contains(&next) {
-            return Err(ErrorKind::TooManyRedirects {
-                limit: MAX_REDIRECTS,
-                last: next.to_string(),
-            }
-            .into());
-        }
-        Ok(next)
     }
 
     /// Opens the files (checking they are the recorded versions) and builds the request.
