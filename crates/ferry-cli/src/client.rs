@@ -31,6 +31,27 @@ pub async fn session(id: &str) -> Result<Session> {
         .context("cannot reach ferryd")
 }
 
+/// A handle for creating tasks in `id`. The command's own session is first configured
+/// without a journal: nothing attaches to it to acknowledge events, so its tasks' states are
+/// what counts, and retention can forget its old tasks.
+pub async fn session_for_new_tasks(id: &str) -> Result<Session> {
+    if id == DEFAULT_SESSION {
+        // Attaching stores the configuration; closing detaches again. Another `ferry`
+        // attached for the same purpose at this moment makes this one unnecessary.
+        let configured = Session::background(id)
+            .journal(false)
+            .client_name("ferry")
+            .open()
+            .await;
+        match configured {
+            Ok(session) => drop(session),
+            Err(e) if e.kind() == ErrorKind::SessionInUse => {}
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot reach ferryd")),
+        }
+    }
+    session(id).await
+}
+
 /// The daemon-wide handle; `start`: start ferryd if none runs.
 pub async fn daemon(start: bool) -> Result<Daemon> {
     let opened = Daemon::builder()

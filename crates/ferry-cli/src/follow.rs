@@ -142,7 +142,8 @@ async fn read(
     }
 }
 
-/// A task removed while being followed counts as failed, with a message saying so.
+/// A task removed while being followed (or never there) stops the command with an error
+/// naming it.
 async fn task_or_gone(daemon: &Daemon, id: TaskId) -> Result<TaskInfo> {
     match daemon.task(id).await {
         Ok(task) => Ok(task),
@@ -226,7 +227,12 @@ impl Display {
                 }
                 bars.multi.println(line).context("while drawing progress")
             }
-            Display::Lines(_) | Display::Quiet => client::print(&format!("{line}\n")),
+            // A reader that went away (`ferry get … | head -1`) does not change the exit
+            // status, which reports the tasks.
+            Display::Lines(_) | Display::Quiet => {
+                let _ = client::print(&format!("{line}\n"));
+                Ok(())
+            }
         }
     }
 

@@ -75,6 +75,7 @@ pub fn task_json(task: &TaskInfo) -> Value {
         "tag": task.tag,
         "group": task.group,
         "priority": task.priority,
+        "resume_data": task.resume_data,
     })
 }
 

@@ -21,12 +21,12 @@ pub struct GetArgs {
     /// URLs to download (http or https).
     #[arg(required_unless_present = "input_file")]
     urls: Vec<String>,
-    /// Save to this path (one URL only).
+    /// Save to this path (one URL only; in -i files, out= lines).
     #[arg(
         short = 'o',
         long = "output",
         value_name = "PATH",
-        conflicts_with = "dir"
+        conflicts_with_all = ["dir", "input_file"]
     )]
     output: Option<PathBuf>,
     /// Save into this folder under the server's file name (default: the current folder).
@@ -36,11 +36,12 @@ pub struct GetArgs {
     /// `out=PATH`, `dir=DIR`, `sha256=HEX` or `checksum=ALGO:HEX` lines (as aria2's input files).
     #[arg(short = 'i', long = "input-file", value_name = "FILE")]
     input_file: Option<PathBuf>,
-    /// Expected SHA-256 of the file (one URL only).
-    #[arg(long, value_name = "HEX", conflicts_with = "checksum")]
+    /// Expected SHA-256 of the file (one URL only; in -i files, sha256= lines).
+    #[arg(long, value_name = "HEX", conflicts_with_all = ["checksum", "input_file"])]
     sha256: Option<String>,
-    /// Expected digest as ALGO:HEX; ALGO is md5, sha1, sha256, sha512 or blake3 (one URL only).
-    #[arg(long, value_name = "ALGO:HEX")]
+    /// Expected digest as ALGO:HEX; ALGO is md5, sha1, sha256, sha512 or blake3 (one URL
+    /// only; in -i files, checksum= lines).
+    #[arg(long, value_name = "ALGO:HEX", conflicts_with = "input_file")]
     checksum: Option<String>,
     #[command(flatten)]
     session: client::SessionArg,
@@ -84,7 +85,7 @@ struct Job {
 
 pub async fn run(args: GetArgs) -> Result<ExitCode> {
     let jobs = jobs(&args)?;
-    let session = client::session(&args.session.session).await?;
+    let session = client::session_for_new_tasks(&args.session.session).await?;
     let origins: Vec<String> = jobs.iter().map(|job| job.origin.clone()).collect();
     let builders = jobs.into_iter().map(|job| builder(&session, &args, job));
     let tasks = session

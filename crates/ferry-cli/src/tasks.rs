@@ -244,7 +244,7 @@ async fn resume_from(args: &ResumeArgs, file: &Path) -> Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let data = ResumeData::from_bytes(bytes)
         .with_context(|| format!("{} does not hold ferry resume data", file.display()))?;
-    let session = client::session(&args.session.session).await?;
+    let session = client::session_for_new_tasks(&args.session.session).await?;
     let destination = match &args.output {
         Some(o) => Some(
             std::env::current_dir()
@@ -287,9 +287,18 @@ pub async fn cancel(args: CancelArgs) -> Result<ExitCode> {
     let [id] = ids[..] else {
         return usage("--keep-resume-data saves one task's resume data: give one id");
     };
+    // Created before the cancel: a file that cannot be written must not cost the blob.
+    let out = PrivateFile::create(file)?;
     match session.task(id).cancel_with_resume_data().await? {
         Some(data) => {
-            write_private(file, data.as_bytes())?;
+            if let Err(e) = out.finish(data.as_bytes()) {
+                eprintln!(
+                    "ferry: task {id} is cancelled; its resume data could not be saved, here it \
+                     is:\n{}",
+                    String::from_utf8_lossy(data.as_bytes())
+                );
+                return Err(e);
+            }
             client::print(&format!(
                 "{id} cancelled; resume data in {} (continue with: ferry resume --from {})\n",
                 file.display(),
@@ -306,23 +315,50 @@ pub async fn cancel(args: CancelArgs) -> Result<ExitCode> {
     }
 }
 
-/// Writes a file only its owner can read, whole or not at all (temporary file + rename).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("ferry-tmp");
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+/// A file only its owner can read, written whole or not at all (temporary file + rename).
+struct PrivateFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: std::fs::File,
+}
+
+impl PrivateFile {
+    fn create(path: &Path) -> Result<PrivateFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension("ferry-tmp");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(PrivateFile {
+            path: path.to_owned(),
+            tmp,
+            file,
+        })
     }
-    written.with_context(|| format!("cannot write {}", path.display()))
+
+    fn finish(mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let written = self
+            .file
+            .write_all(bytes)
+            .and_then(|()| self.file.sync_all())
+            .and_then(|()| std::fs::rename(&self.tmp, &self.path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        written.with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+impl Drop for PrivateFile {
+    /// Not finished (the task had no bytes to keep): no empty file stays behind.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
 }
 
 /// Options of `ferry rm`.

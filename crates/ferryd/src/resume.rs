@@ -193,12 +193,13 @@ impl Keeper {
         rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty())?;
         let id = hex::encode(id);
         let kept = self.file(&id);
-        std::fs::rename(staging, &kept)?;
-        // Its age in the area counts from now, not from its last write.
+        // Its age in the area counts from now, not from its last write — set before it enters
+        // the area, so no sweep ever sees it old.
         std::fs::File::options()
             .write(true)
-            .open(&kept)?
+            .open(staging)?
             .set_modified(SystemTime::now())?;
+        std::fs::rename(staging, &kept)?;
         let (len, tail_sha256) = tail_hash(&kept)?;
         let mut request = request.clone();
         request.headers = Headers(

@@ -155,10 +155,26 @@ fn cancel_with_resume_data_then_resume_from_the_file() {
     let ids = env.detach(&[&url, "-o", "r.bin"]);
     let id = ids[0].to_string();
     env.wait_transferring(ids[0]);
+    // Resume data that cannot be saved: the task is not cancelled.
+    let out = env.run(&["cancel", "--keep-resume-data", "no/such/dir/r.dat", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no/such/dir/r.dat"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_ne!(env.task(ids[0])["state"], "cancelled");
+
     let out = env.ok(&["cancel", "--keep-resume-data", "resume.dat", &id]);
     assert!(out.contains("ferry resume --from resume.dat"), "{out}");
-    assert_eq!(env.task(ids[0])["state"], "cancelled");
+    let task = env.task(ids[0]);
+    assert_eq!(task["state"], "cancelled");
     let blob = env.work().join("resume.dat");
+    assert_eq!(
+        task["resume_data"].as_str().unwrap().as_bytes(),
+        std::fs::read(&blob).unwrap()
+    );
+    assert!(!env.work().join("resume.ferry-tmp").exists());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&blob).unwrap().permissions().mode() & 0o777,

@@ -28,6 +28,19 @@ fn downloads_through_the_daemon_into_the_current_folder() {
     assert_eq!(tasks[0]["destination"], path.display().to_string());
     let pid = env.daemon_pid().expect("ferryd started");
     assert!(crate::alive(pid));
+
+    // Nothing attaches to ferry.cli to acknowledge events: it keeps none (task states are
+    // what counts), so retention can forget its old tasks.
+    let sessions: serde_json::Value =
+        serde_json::from_str(&env.ok(&["session", "ls", "--json"])).unwrap();
+    let cli = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "ferry.cli")
+        .unwrap();
+    assert_eq!(cli["undelivered"], 0, "{cli}");
+    assert_eq!(cli["attached_pid"], serde_json::Value::Null);
 }
 
 #[test]
@@ -214,6 +227,15 @@ fn input_files_in_aria2_format() {
         "{stderr}"
     );
     assert_eq!(env.tasks(None).len(), before);
+
+    // -o and checksums on the command line describe one URL, not a list.
+    let out = env.run(&["get", "-i", "list.txt", "-o", "one.bin"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--output"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // A line the daemon refuses (an unknown digest algorithm): named by file and line too.
     let refused = format!("{a}\n  out=y.bin\n{b}\n  checksum=crc32:abcd\n");

@@ -6,8 +6,9 @@
 //! it is durable, and a thousand finishing tasks cost one fsync, not a thousand.
 //!
 //! A *relaxed* job ([`Store::write_relaxed`], [`Store::write_detached_relaxed`]) writes state
-//! no client has been told about and that a crash may lose — a run's start, a checkpoint —
-//! and can publish no events. A batch of relaxed jobs only is committed with
+//! that no event announces and that a crash may lose — a run's start, a checkpoint — and can
+//! publish no events (reads such as `get_task` may see it; after a crash they read the state
+//! before it, as restart normalisation would make them anyway). A batch of relaxed jobs only is committed with
 //! `synchronous=NORMAL`: written to the WAL without an fsync. The WAL is replayed in order up
 //! to its first incomplete commit, so the next `FULL` commit's fsync makes every earlier
 //! relaxed commit durable with it, and a crash loses at most a tail of relaxed commits —
@@ -162,10 +163,10 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Like [`Store::write`] for state no client has been told about and that a crash may
-    /// lose (it then reads as it did before): committed without an fsync when only relaxed
-    /// jobs share the transaction, made durable by the next durable commit. Publishes no
-    /// events. Do not tell a client about what it wrote before a durable commit follows.
+    /// Like [`Store::write`] for state no event announces and that a crash may lose (it then
+    /// reads as it did before): committed without an fsync when only relaxed jobs share the
+    /// transaction, made durable by the next durable commit. Publishes no events. Do not
+    /// announce what it wrote before a durable commit follows.
     pub async fn write_relaxed<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
