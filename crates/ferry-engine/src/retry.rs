@@ -27,6 +27,13 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// After failed attempt number `attempt` (1-based) with `error`: the delay before the next
+    /// attempt, or `None` when the error is permanent or the attempts are used up.
+    pub(crate) fn after_failure(&self, attempt: u32, error: &crate::Error) -> Option<Duration> {
+        let exhausted = self.max_attempts.is_some_and(|max| attempt >= max);
+        (error.is_transient() && !exhausted).then(|| self.delay(attempt, error.retry_after()))
+    }
+
     /// The delay before retry number `attempt` (1-based): `initial × 2^(attempt-1)`, capped,
     /// then drawn uniformly from its upper half so that many clients do not retry in step.
     /// A server's `Retry-After` replaces the computed delay (capped at `max`).
@@ -54,6 +61,35 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_failure_retries_transient_errors_until_the_attempts_are_used() {
+        use crate::error::{Error, ErrorKind};
+        let policy = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            max_attempts: Some(3),
+        };
+        let status = |code| {
+            Error::from(ErrorKind::HttpStatus {
+                code,
+                retry_after: None,
+            })
+        };
+        assert!(policy.after_failure(1, &status(503)).is_some());
+        assert!(policy.after_failure(2, &status(503)).is_some());
+        assert_eq!(
+            policy.after_failure(3, &status(503)),
+            None,
+            "attempts used up"
+        );
+        assert_eq!(policy.after_failure(1, &status(404)), None, "permanent");
+        let unlimited = RetryPolicy {
+            max_attempts: None,
+            ..policy
+        };
+        assert!(unlimited.after_failure(1000, &status(503)).is_some());
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_caps() {

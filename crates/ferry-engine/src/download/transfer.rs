@@ -177,22 +177,14 @@ impl<'a> Transfer<'a> {
                 Ok(hasher) => return self.finish(hasher).await,
                 Err(e) => e,
             };
-            if !error.is_transient() {
-                return Err(self.fail(error).await);
-            }
+            // Attempts count again from zero once bytes flow.
             if self.map.bytes() > before {
                 failed_attempts = 0;
             }
             failed_attempts += 1;
-            if self
-                .spec
-                .retry
-                .max_attempts
-                .is_some_and(|max| failed_attempts >= max)
-            {
+            let Some(delay) = self.spec.retry.after_failure(failed_attempts, &error) else {
                 return Err(self.fail(error).await);
-            }
-            let delay = self.spec.retry.delay(failed_attempts, error.retry_after());
+            };
             tracing::info!(error = %error, attempt = failed_attempts, ?delay, "retrying");
             self.observer.on_event(Event::Retrying {
                 attempt: failed_attempts,

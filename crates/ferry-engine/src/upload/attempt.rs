@@ -85,20 +85,11 @@ impl<'a> Upload<'a> {
                 Ok(done) => return Ok(done),
                 Err(e) => e,
             };
-            if !error.is_transient() {
-                return Err(self.fail(error).await);
-            }
             // Every attempt starts from zero, so none counts as progress.
             failed_attempts += 1;
-            if self
-                .spec
-                .retry
-                .max_attempts
-                .is_some_and(|max| failed_attempts >= max)
-            {
+            let Some(delay) = self.spec.retry.after_failure(failed_attempts, &error) else {
                 return Err(self.fail(error).await);
-            }
-            let delay = self.spec.retry.delay(failed_attempts, error.retry_after());
+            };
             tracing::info!(error = %error, attempt = failed_attempts, ?delay, "retrying upload");
             self.observer.on_event(Event::Retrying {
                 attempt: failed_attempts,
