@@ -102,6 +102,12 @@ impl<'a> Upload<'a> {
                 () = &mut expired => return Err(self.fail(timed_out()).await),
                 () = tokio::time::sleep(delay) => {}
             }
+            // The next attempt sends the body from byte zero: say so, as a download that
+            // restarts does.
+            self.observer.on_event(Event::ResumedAtOffset {
+                offset: 0,
+                expected: self.progress.expected(),
+            });
         }
     }
 

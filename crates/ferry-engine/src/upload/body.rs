@@ -189,28 +189,30 @@ impl ErrorSlot {
 }
 
 /// Reads one file from the start, checking it yields exactly its recorded length.
+///
+/// The last chunk is held back until the file is checked once more (no byte beyond the
+/// recorded length, the same size and modification time as when it was opened): a file
+/// changed while it was sent then never reaches the server whole, so the server cannot
+/// take a mix of two versions for a complete upload.
 struct Reader {
     file: tokio::fs::File,
     path: PathBuf,
     len: u64,
     pos: u64,
+    /// The modification time when reading began.
+    modified: Option<Option<SystemTime>>,
 }
 
 impl Reader {
     async fn next(&mut self) -> Result<Option<Bytes>, Error> {
+        if self.modified.is_none() {
+            self.modified = Some(self.metadata().await?.modified().ok());
+        }
         if self.pos >= self.len {
-            // Exactly the recorded length was read: a further byte means the file grew.
-            let mut probe = [0u8; 1];
-            let n = self
-                .file
-                .read(&mut probe)
-                .await
-                .map_err(|e| Error::io("read", &self.path, e))?;
-            if n > 0 {
-                return Err(changed(
-                    &self.path,
-                    format!("it grew beyond {} bytes while being sent", self.len),
-                ));
+            // An empty file: nothing held back, but it is checked all the same.
+            if self.len == 0 && self.pos == 0 {
+                self.pos = 1;
+                self.check_unchanged().await?;
             }
             return Ok(None);
         }
@@ -234,7 +236,52 @@ impl Reader {
         }
         buf.truncate(want);
         self.pos += buf.len() as u64;
+        if self.pos >= self.len {
+            self.check_unchanged().await?;
+        }
         Ok(Some(buf.freeze()))
+    }
+
+    async fn metadata(&self) -> Result<std::fs::Metadata, Error> {
+        self.file
+            .metadata()
+            .await
+            .map_err(|e| Error::io("read", &self.path, e))
+    }
+
+    /// Exactly the recorded length was read: a further byte, another size or another
+    /// modification time mean the file changed while it was sent.
+    async fn check_unchanged(&mut self) -> Result<(), Error> {
+        let mut probe = [0u8; 1];
+        let n = self
+            .file
+            .read(&mut probe)
+            .await
+            .map_err(|e| Error::io("read", &self.path, e))?;
+        if n > 0 {
+            return Err(changed(
+                &self.path,
+                format!("it grew beyond {} bytes while being sent", self.len),
+            ));
+        }
+        let meta = self.metadata().await?;
+        if meta.len() != self.len {
+            return Err(changed(
+                &self.path,
+                format!(
+                    "its size went from {} to {} bytes while being sent",
+                    self.len,
+                    meta.len()
+                ),
+            ));
+        }
+        if Some(meta.modified().ok()) != self.modified {
+            return Err(changed(
+                &self.path,
+                "its modification time changed while being sent".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -251,6 +298,7 @@ pub(super) fn file_stream(
         path,
         len,
         pos: 0,
+        modified: None,
     };
     futures_util::stream::unfold(Some((reader, slot)), |state| async move {
         let (mut reader, slot) = state?;

@@ -18,7 +18,8 @@
 //!    [`UploadSpec::max_reply_bytes`]), and the files are checked once more;
 //! 6. a transient failure (connection, timeout, `408`/`429`/`5xx`, classified as for
 //!    downloads, `Retry-After` honoured) waits out the backoff and starts again from byte
-//!    zero; anything else ends the upload. A non-2xx reply is a [`UploadFailure`] carrying
+//!    zero, announced by [`crate::Event::ResumedAtOffset`] with offset 0; anything else ends
+//!    the upload. A non-2xx reply is a [`UploadFailure`] carrying
 //!    the status, the headers and the reply file, which is kept.
 
 mod attempt;
@@ -75,6 +76,38 @@ pub enum UploadBody {
         /// File fields.
         files: Vec<MultipartFile>,
     },
+}
+
+impl UploadBody {
+    /// The source files, in the order they are sent.
+    pub fn paths(&self) -> Vec<&std::path::Path> {
+        match self {
+            UploadBody::File(path) => vec![path.as_path()],
+            UploadBody::Multipart { files, .. } => files.iter().map(|f| f.path.as_path()).collect(),
+        }
+    }
+
+    /// What can be checked before an upload is queued: multipart field names and content
+    /// types, and that every source file exists, is a regular file and can be opened.
+    ///
+    /// # Errors
+    /// `invalid_upload` for a bad name or content type; `io` naming a file that is missing,
+    /// not a regular file, or unreadable.
+    pub fn check(&self) -> Result<(), Error> {
+        body::validate(self)?;
+        for path in self.paths() {
+            let meta = std::fs::metadata(path).map_err(|e| Error::io("read", path, e))?;
+            if !meta.is_file() {
+                return Err(Error::io(
+                    "upload",
+                    path,
+                    std::io::Error::other("it is not a regular file"),
+                ));
+            }
+            std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// One file of a multipart form.

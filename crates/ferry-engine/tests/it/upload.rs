@@ -295,10 +295,19 @@ async fn a_5xx_is_retried_honouring_retry_after() {
                 delay: Duration::from_millis(200),
                 code: "http_status"
             },
+            // Each new attempt is announced as a restart from byte zero.
+            Seen::ResumedAtOffset {
+                offset: 0,
+                expected: Some(50_000)
+            },
             Seen::Retrying {
                 attempt: 2,
                 delay: Duration::from_millis(200),
                 code: "http_status"
+            },
+            Seen::ResumedAtOffset {
+                offset: 0,
+                expected: Some(50_000)
             },
         ]
     );
@@ -413,6 +422,55 @@ async fn a_file_changed_while_it_is_sent_fails_with_source_changed() {
         failure.error
     );
     assert_eq!(env.server.upload("shrinking"), None, "no mix was stored");
+}
+
+/// A file rewritten in place (same size) or appended to while it is sent: the last chunk
+/// is held back until the file is checked, so the server never gets the whole body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_or_grown_while_sent_never_reaches_the_server_whole() {
+    let env = Env::new();
+    for (name, change, says) in [
+        ("rewritten", 0u8, "modification time"),
+        ("grown", 1u8, "grew"),
+    ] {
+        let data = content(9, 1024 * 1024);
+        let file = env.source(name, &data);
+        let mut spec = env.upload_spec(&format!("/upload/{name}"), UploadBody::File(file.clone()));
+        spec.limits = Limits::none().with(RateLimiter::new(2 * 1024 * 1024));
+        let progress = Arc::new(Progress::default());
+        let changer = {
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                wait_until(|| progress.received() >= 100_000).await;
+                use std::io::{Seek, SeekFrom, Write};
+                let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+                if change == 0 {
+                    // The tail, not read yet, gets other bytes; the size stays.
+                    f.seek(SeekFrom::Start(900_000)).unwrap();
+                    f.write_all(&[0xAB; 1000]).unwrap();
+                    // The write's mtime may equal the open's at coarse timestamps: move it.
+                    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+                        .unwrap();
+                } else {
+                    f.seek(SeekFrom::End(0)).unwrap();
+                    f.write_all(b"more").unwrap();
+                }
+            })
+        };
+        let failure = env
+            .engine
+            .upload(&spec, &progress, &(), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        changer.await.unwrap();
+        assert_eq!(failure.error.kind().code(), "source_changed", "{name}");
+        assert!(
+            failure.error.to_string().contains(says),
+            "{name}: {}",
+            failure.error
+        );
+        assert!(env.server.upload(name).is_none(), "{name}: nothing stored");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
