@@ -107,6 +107,15 @@ pub enum Request {
         /// The downloads.
         requests: Vec<DownloadRequest>,
     },
+    /// Creates an upload task (the session is created with the default configuration if it
+    /// does not exist yet). Needs no attachment. The source files must exist and be
+    /// regular files when the task is created.
+    CreateUpload {
+        /// The session the task belongs to.
+        session: String,
+        /// The upload.
+        request: UploadRequest,
+    },
     /// Lists tasks, of one session or of all, in id order, a page at a time: a page holds at
     /// most `limit` tasks and always fits in a frame; `next` in the answer continues it.
     ListTasks {
@@ -241,6 +250,9 @@ pub enum Request {
 }
 
 /// Successful answers.
+// As for `ClientFrame`: an answer is built once and moved to its reader; boxing `Task`
+// would only change the API of every client.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
@@ -500,6 +512,140 @@ fn yes() -> bool {
     true
 }
 
+/// An upload to create: a file sent as the request body, or a `multipart/form-data` form.
+/// The server's reply body is saved in the session's inbox and named in `completed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadRequest {
+    /// The URL (`http` or `https`).
+    pub url: String,
+    /// `put` or `post` (absent: `put` for a file, `post` for a form).
+    #[serde(default)]
+    pub method: Option<UploadMethod>,
+    /// What to send.
+    pub body: UploadBody,
+    /// Headers for this task, added to the session's.
+    #[serde(default)]
+    pub headers: Headers,
+    /// Priority (absent: the session's default).
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Free text returned with every event of the task (at most 4 KiB).
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// The group the task belongs to (1–256 bytes, no control characters).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Bytes per second for this task.
+    #[serde(default)]
+    pub rate_limit: Option<u64>,
+    /// Not started before this time (seconds since the Unix epoch).
+    #[serde(default)]
+    pub earliest_begin: Option<i64>,
+    /// Start at once (true, the default) or stay `suspended` until `resume`.
+    #[serde(default = "yes")]
+    pub start: bool,
+}
+
+impl UploadRequest {
+    /// The method used: the one asked, else `put` for a file and `post` for a form.
+    pub fn effective_method(&self) -> UploadMethod {
+        self.method.unwrap_or(match self.body {
+            UploadBody::File { .. } => UploadMethod::Put,
+            UploadBody::Multipart { .. } => UploadMethod::Post,
+        })
+    }
+}
+
+/// The HTTP method of an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadMethod {
+    /// `PUT`.
+    Put,
+    /// `POST`.
+    Post,
+}
+
+/// What an upload sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum UploadBody {
+    /// The file's bytes are the body (`Content-Type: application/octet-stream` unless a
+    /// header says otherwise).
+    File {
+        /// Absolute path of the file.
+        path: String,
+    },
+    /// A `multipart/form-data` form: the text fields, then the files, in order.
+    Multipart {
+        /// Text fields.
+        #[serde(default)]
+        fields: Vec<FormField>,
+        /// File fields.
+        #[serde(default)]
+        files: Vec<FormFile>,
+    },
+}
+
+impl UploadBody {
+    /// The files sent, in order.
+    pub fn paths(&self) -> Vec<&str> {
+        match self {
+            UploadBody::File { path } => vec![path.as_str()],
+            UploadBody::Multipart { files, .. } => files.iter().map(|f| f.path.as_str()).collect(),
+        }
+    }
+}
+
+/// A text field of a multipart form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormField {
+    /// The field's name (no `"` or control characters).
+    pub name: String,
+    /// Its value.
+    pub value: String,
+}
+
+/// A file field of a multipart form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormFile {
+    /// The field's name (no `"` or control characters).
+    pub name: String,
+    /// Absolute path of the file.
+    pub path: String,
+    /// The file name announced to the server (absent: the path's last component).
+    #[serde(default)]
+    pub file_name: Option<String>,
+    /// The part's `Content-Type` (absent: `application/octet-stream`).
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+/// Whether a task downloads or uploads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// A download (the default, also for daemons older than uploads).
+    #[default]
+    Download,
+    /// An upload.
+    Upload,
+}
+
+/// The server's answer to an upload: its status, its headers and the file in the inbox that
+/// holds its body. The file stays until the `completed` event naming it is acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The response's status.
+    pub status: u16,
+    /// Its headers, in order (lower-case names).
+    pub headers: Vec<(String, String)>,
+    /// The file holding the body.
+    pub location: String,
+    /// The body's length.
+    pub bytes: u64,
+}
+
 /// A task as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskInfo {
@@ -538,6 +684,14 @@ pub struct TaskInfo {
     /// absent when it is not transferring.
     #[serde(default)]
     pub bytes_per_second: Option<u64>,
+    /// Download or upload. For an upload, `bytes_done`/`bytes_total` count the request
+    /// body sent, `destination` is absent and `location` is the reply's file.
+    #[serde(default)]
+    pub kind: TaskKind,
+    /// For an upload the server answered (succeeded, or failed with a non-2xx status):
+    /// the reply.
+    #[serde(default)]
+    pub reply: Option<Reply>,
 }
 
 /// A task's state (SPEC §5).
@@ -675,13 +829,14 @@ pub struct EventFrame {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    /// Bytes arrived (at most 10 per second per task; not journaled).
+    /// Bytes arrived — for an upload: were sent (at most 10 per second per task; not
+    /// journaled).
     Progress {
         /// Bytes since the last progress event.
         written: u64,
-        /// Bytes present in total.
+        /// Bytes present (an upload: sent by this attempt) in total.
         total_written: u64,
-        /// The size, if known.
+        /// The size (an upload: the request body's length), if known.
         expected: Option<u64>,
     },
     /// A redirect was followed.
@@ -721,6 +876,10 @@ pub enum Event {
         outcome: Outcome,
         /// The last response's status, when there was one.
         status: Option<u16>,
+        /// For an upload the server answered: its reply (a non-2xx one with `failed`). The
+        /// reply's file stays until this event is acknowledged.
+        #[serde(default)]
+        reply: Option<Reply>,
     },
     /// Every task of a group has completed (after the last one's `completed`).
     GroupCompleted {
@@ -819,6 +978,7 @@ mod tests {
                     error: ErrorInfo::new("http_status", "404"),
                 },
                 status: Some(404),
+                reply: None,
             },
         });
         let json = serde_json::to_value(&event).unwrap();
@@ -847,6 +1007,32 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(task.bytes_per_second, None);
+        assert_eq!(task.kind, TaskKind::Download);
+        assert_eq!(task.reply, None);
+        let upload: Request = serde_json::from_value(serde_json::json!({
+            "type": "create_upload", "session": "s",
+            "request": {"url": "http://h/u", "body": {"type": "multipart",
+                "fields": [{"name": "a", "value": "1"}],
+                "files": [{"name": "f", "path": "/tmp/x"}]}}
+        }))
+        .unwrap();
+        let Request::CreateUpload { request, .. } = upload else {
+            panic!("{upload:?}")
+        };
+        assert!(request.start);
+        assert_eq!(request.effective_method(), UploadMethod::Post);
+        assert_eq!(request.body.paths(), ["/tmp/x"]);
+        let raw: UploadRequest = serde_json::from_value(serde_json::json!({
+            "url": "http://h/u", "body": {"type": "file", "path": "/tmp/y"}
+        }))
+        .unwrap();
+        assert_eq!(raw.effective_method(), UploadMethod::Put);
+        // A `completed` event from a daemon without uploads has no reply.
+        let completed: Event = serde_json::from_value(serde_json::json!({
+            "type": "completed", "outcome": {"result": "succeeded"}, "status": 200
+        }))
+        .unwrap();
+        assert!(matches!(completed, Event::Completed { reply: None, .. }));
         let sessions = Response::Sessions {
             sessions: vec![SessionInfo {
                 id: "s".into(),

@@ -22,7 +22,8 @@ pub struct Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// A URL, path, header, tag, group name or option was rejected; the message says which.
+    /// A URL, path, header, tag, group name, form field or option was rejected; the message
+    /// says which.
     InvalidInput,
     /// The server answered with a status that is not a success; see [`Error::status`].
     Http,
@@ -62,9 +63,15 @@ pub enum ErrorKind {
     /// The operation does not exist for this kind of session (data tasks in background
     /// sessions).
     Unsupported,
-    /// A local file operation failed.
+    /// A local file operation failed; also an upload's source file that is missing, not a
+    /// regular file or unreadable (the message names it).
     Io,
-    /// Anything else the daemon reported; see [`Error::code`].
+    /// An upload's source file changed — grew, shrank or was replaced — while it was being
+    /// sent or between attempts. The server was not given a mix of versions; upload it
+    /// again once the file is settled.
+    SourceChanged,
+    /// Anything else the daemon reported; see [`Error::code`]. Among them
+    /// `reply_too_large`: an upload's server reply was longer than the library keeps.
     Other,
 }
 
@@ -135,7 +142,7 @@ impl From<ErrorInfo> for Error {
 fn kind_of(code: &str) -> ErrorKind {
     match code {
         "invalid_request" | "invalid_url" | "unsupported_scheme" | "config" | "bad_redirect"
-        | "insecure_redirect" | "too_many_redirects" => ErrorKind::InvalidInput,
+        | "insecure_redirect" | "too_many_redirects" | "invalid_upload" => ErrorKind::InvalidInput,
         "http_status" => ErrorKind::Http,
         "connection" | "interrupted" | "tls" | "request_timeout" | "short_body"
         | "range_mismatch" => ErrorKind::Network,
@@ -151,6 +158,9 @@ fn kind_of(code: &str) -> ErrorKind {
         "session_invalidated" | "session_taken_over" => ErrorKind::SessionClosed,
         "unsupported" => ErrorKind::Unsupported,
         "io" => ErrorKind::Io,
+        "source_changed" => ErrorKind::SourceChanged,
+        // `reply_too_large` is not a failed status (the server may have accepted the upload)
+        // nor a network failure: it stays `Other`, told apart by its code.
         "disconnected" => ErrorKind::Disconnected,
         "daemon" | "unsupported_protocol" => ErrorKind::Daemon,
         "not_running" => ErrorKind::NotRunning,
@@ -197,5 +207,13 @@ mod tests {
             Error::from(ErrorInfo::new("something_new", "?")).kind(),
             ErrorKind::Other
         );
+    }
+
+    #[test]
+    fn upload_codes_map_to_kinds() {
+        let kind = |code| Error::from(ErrorInfo::new(code, "?")).kind();
+        assert_eq!(kind("source_changed"), ErrorKind::SourceChanged);
+        assert_eq!(kind("invalid_upload"), ErrorKind::InvalidInput);
+        assert_eq!(kind("reply_too_large"), ErrorKind::Other);
     }
 }

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use ferry_proto::{EventFrame, Outcome, TaskId};
+use ferry_proto::{EventFrame, Outcome, Reply, TaskId};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
@@ -42,6 +42,17 @@ impl Event {
     /// journaled, and for `backlog_delivered`).
     pub fn seq(&self) -> Option<u64> {
         self.frame.seq
+    }
+
+    /// For the [`Completed`](EventKind::Completed) event of an upload the server answered:
+    /// its reply — status, headers and the file holding the body. Also when the status was
+    /// not a success and the task failed. The file is deleted once the event is
+    /// acknowledged (by asking for the next one): read or move it first.
+    pub fn reply(&self) -> Option<&Reply> {
+        match &self.frame.event {
+            EventKind::Completed { reply, .. } => reply.as_ref(),
+            _ => None,
+        }
     }
 
     /// For [`Completed`](EventKind::Completed): `Ok` when the task succeeded, else its error

@@ -1,10 +1,13 @@
 //! Groups: tasks with a common name, aggregate progress and one completion (SPEC §12).
 
+use std::path::PathBuf;
+
 use ferry_proto::{GroupInfo, Request, Response, TaskInfo};
 
 use crate::error::{Error, ErrorKind};
 use crate::session::{Session, unexpected};
 use crate::task::{DownloadBuilder, Task};
+use crate::upload::UploadBuilder;
 
 /// A handle to a group of a session. The group exists while it has tasks; when the last
 /// one completes, a [`GroupCompleted`](crate::EventKind::GroupCompleted) event follows.
@@ -27,6 +30,16 @@ impl Group {
     /// A download in this group.
     pub fn download(&self, url: impl Into<String>) -> DownloadBuilder {
         self.session.download(url).group(self.name.clone())
+    }
+
+    /// A raw upload of `file` in this group ([`Session::upload`]).
+    pub fn upload(&self, file: impl Into<PathBuf>, url: impl Into<String>) -> UploadBuilder {
+        self.session.upload(file, url).group(self.name.clone())
+    }
+
+    /// A multipart upload in this group ([`Session::multipart`]).
+    pub fn multipart(&self, url: impl Into<String>) -> UploadBuilder {
+        self.session.multipart(url).group(self.name.clone())
     }
 
     /// Aggregate progress: task counts by outcome, bytes received and expected.

@@ -40,6 +40,48 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Uploading a file
+//! [`Session::upload`] sends a file as the request body (`PUT` unless
+//! [`method`](UploadBuilder::method) says otherwise); [`Session::multipart`] sends a form of
+//! [fields](UploadBuilder::field) and [files](UploadBuilder::file) (`POST`). The files are
+//! checked when the task is created and streamed from disk; one that changes while it is
+//! sent fails the task with [`ErrorKind::SourceChanged`] rather than sending a mix. The
+//! server's reply — status, headers and a file holding the body, also for a status that
+//! failed the task — comes in the [`Completed`](EventKind::Completed) event
+//! ([`Event::reply`]) and in [`TaskInfo::reply`]; the file is deleted once that event is
+//! acknowledged, so read or move it first.
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), ferry::Error> {
+//! # let server = ferry_testserver::TestServer::start().unwrap();
+//! # let url = server.url("/upload/report");
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let file = dir.path().join("report.pdf");
+//! # std::fs::write(&file, b"%PDF-1.7").unwrap();
+//! use ferry::Session;
+//!
+//! let session = Session::in_process().open().await?;
+//! let mut events = session.events()?;
+//! let task = session
+//!     .upload(&file, &url)
+//!     .header("content-type", "application/pdf")
+//!     .start()
+//!     .await?;
+//! while let Some(event) = events.recv().await {
+//!     let event = event?;
+//!     if event.task_id() == Some(task.id())
+//!         && let Some(result) = event.result()
+//!     {
+//!         let reply = event.reply().expect("the server answered");
+//!         let body = std::fs::read_to_string(&reply.location).unwrap();
+//!         result?; // a 2xx status
+//!         assert_eq!(reply.status, 201);
+//!         assert!(body.contains("sha256"));
+//!         break;
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # Surviving the application: background sessions
 //! Open the session by id, with a [launch command](SessionBuilder::launch_command) if the
 //! daemon should run your program again when the tasks are done. Start the tasks and exit;
@@ -174,16 +216,19 @@ mod local;
 mod resume;
 mod session;
 mod task;
+mod upload;
 
 pub use daemon_handle::{Daemon, DaemonBuilder, DaemonStatus};
 pub use error::{Error, ErrorKind};
 pub use event::{Event, EventKind, Events};
 pub use ferry_proto::{
-    CancelReason, Conflict, ErrorInfo, GroupInfo, Outcome, OutcomeKind, Priority, RunPhase,
-    SessionConfig, SessionInfo, TaskId, TaskInfo, TaskState,
+    CancelReason, Conflict, ErrorInfo, FormField, FormFile, GroupInfo, Outcome, OutcomeKind,
+    Priority, Reply, RunPhase, SessionConfig, SessionInfo, TaskId, TaskInfo, TaskKind, TaskState,
+    UploadMethod,
 };
 pub use futures_util::Stream;
 pub use group::Group;
 pub use resume::ResumeData;
 pub use session::{Session, SessionBuilder};
 pub use task::{DataBuilder, DownloadBuilder, Task};
+pub use upload::UploadBuilder;

@@ -16,6 +16,7 @@ use crate::group::Group;
 use crate::local;
 use crate::resume::ResumeData;
 use crate::task::{DataBuilder, DownloadBuilder, Task};
+use crate::upload::UploadBuilder;
 
 /// A session: where tasks are created, listed and controlled, and where their events come
 /// from. Cheap to clone; every clone is the same session.
@@ -131,6 +132,20 @@ impl Session {
             Response::Created { ids } => Ok(ids.into_iter().map(|id| self.task(id)).collect()),
             _ => Err(unexpected("create_downloads")),
         }
+    }
+
+    /// A raw upload of `file` (PUT by default): the file's bytes are the request body.
+    /// Configure it and [start](UploadBuilder::start) it; the server's reply comes in the
+    /// task's [`Completed`](crate::EventKind::Completed) event.
+    pub fn upload(&self, file: impl Into<PathBuf>, url: impl Into<String>) -> UploadBuilder {
+        UploadBuilder::raw(self.clone(), file.into(), url.into())
+    }
+
+    /// A multipart/form-data upload (POST by default); add
+    /// [fields](UploadBuilder::field) and [files](UploadBuilder::file), then
+    /// [start](UploadBuilder::start) it.
+    pub fn multipart(&self, url: impl Into<String>) -> UploadBuilder {
+        UploadBuilder::form(self.clone(), url.into())
     }
 
     /// A data task (the response body in memory), for in-process sessions.

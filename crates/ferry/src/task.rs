@@ -50,7 +50,8 @@ impl Task {
             .await
     }
 
-    /// Pauses the task, keeping its bytes; [`Task::start`] continues it.
+    /// Pauses the task, keeping its bytes; [`Task::start`] continues it. An upload keeps
+    /// nothing: it sends its body from the first byte again when started.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidState`] when it has completed.
@@ -71,7 +72,8 @@ impl Task {
     }
 
     /// Cancels a download keeping its bytes, and returns the resume data to continue it
-    /// from later ([`Session::download_from_resume_data`]); `None` when no byte had arrived.
+    /// from later ([`Session::download_from_resume_data`]); `None` when no byte had arrived,
+    /// and always for an upload (which has nothing to continue from: it is cancelled).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidState`] when it has completed already.
@@ -146,22 +148,33 @@ fn data_unsupported() -> Error {
     )
 }
 
-/// Makes a path absolute against the current folder (the daemon has another one).
+/// Makes a destination absolute against the current folder (the daemon has another one).
 pub(crate) fn absolute(path: &Path) -> Result<String, Error> {
+    absolute_as("destination", path)
+}
+
+/// Makes a path absolute against the current folder; `what` names it in errors.
+pub(crate) fn absolute_as(what: &str, path: &Path) -> Result<String, Error> {
     let path = std::path::absolute(path).map_err(|e| {
         Error::new(
             ErrorKind::InvalidInput,
             "invalid_request",
-            format!("destination {}: {e}", path.display()),
+            format!("{what} {}: {e}", path.display()),
         )
     })?;
     path.into_os_string().into_string().map_err(|p| {
         Error::new(
             ErrorKind::InvalidInput,
             "invalid_request",
-            format!("destination {p:?} is not valid UTF-8"),
+            format!("{what} {p:?} is not valid UTF-8"),
         )
     })
+}
+
+/// A time as seconds since the Unix epoch (0 before it), as the protocol has it.
+pub(crate) fn unix_secs(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// A folder to save into: absolute already (it is not resolved against this process's
@@ -260,10 +273,7 @@ macro_rules! shared_options {
 
             /// Not started before this time.
             pub fn earliest_begin(mut self, at: SystemTime) -> Self {
-                let secs = at
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-                self.options.request.earliest_begin = Some(secs);
+                self.options.request.earliest_begin = Some(unix_secs(at));
                 self
             }
 

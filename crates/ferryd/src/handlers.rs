@@ -6,6 +6,7 @@ use std::sync::Arc;
 use ferry_proto::{
     CancelReason, DownloadRequest, ErrorInfo, Event, EventFrame, GroupInfo, Headers, OutcomeKind,
     Request, Response, RunPhase, ServerFrame, SessionConfig, SessionInfo, TaskInfo, TaskState,
+    UploadBody, UploadRequest,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +15,7 @@ use crate::home::{Layout, valid_session_id};
 use crate::hub::{ConnectionId, Hub};
 use crate::resume::Keeper;
 use crate::scheduler::{self, ControlError, GroupAction, Scheduler};
-use crate::store::{NewTask, Store, StoreError, TaskRow, sessions, tasks};
+use crate::store::{NewTask, Store, StoreError, TaskRequest, TaskRow, sessions, tasks};
 
 /// Longest tag accepted (SPEC §5).
 const MAX_TAG_BYTES: usize = 4096;
@@ -63,7 +64,12 @@ pub async fn handle(ctx: &Context, peer: &Peer, id: u64, request: Request) -> Op
             Ok(Response::Done)
         }
         Request::Ack { session, seq } => ack(ctx, session, seq).await,
-        Request::CreateDownload { session, request } => create(ctx, session, request).await,
+        Request::CreateDownload { session, request } => {
+            create(ctx, session, TaskRequest::Download(request)).await
+        }
+        Request::CreateUpload { session, request } => {
+            create(ctx, session, TaskRequest::Upload(request)).await
+        }
         Request::ListTasks {
             session,
             after,
@@ -226,16 +232,66 @@ async fn ack(ctx: &Context, session: String, seq: u64) -> Result<Response, Error
             StoreError::NotFound(m) => ErrorInfo::new("unknown_session", m),
             e => internal(e),
         })?;
-    // An inbox file has served its purpose once its event is acknowledged.
+    // An inbox file has served its purpose once its event is acknowledged: a download's
+    // with `finished_downloading`, an upload's reply with `completed`.
     let inbox = ctx.layout.root.join("inbox");
     for event in acked {
-        if let Event::FinishedDownloading { location } = event
-            && Path::new(&location).starts_with(&inbox)
-        {
+        let location = match event {
+            Event::FinishedDownloading { location } => location,
+            Event::Completed {
+                reply: Some(reply), ..
+            } => reply.location,
+            _ => continue,
+        };
+        if Path::new(&location).starts_with(&inbox) {
             let _ = std::fs::remove_file(&location);
         }
     }
     Ok(Response::Done)
+}
+
+/// Checks a request of either kind.
+fn validate_task(request: &TaskRequest) -> Result<(), ErrorInfo> {
+    match request {
+        TaskRequest::Download(r) => validate(r),
+        TaskRequest::Upload(r) => validate_upload(r),
+    }
+}
+
+/// The checks of an upload, the source files included: they must exist and be readable
+/// regular files now, so that a typo fails here rather than in a task that runs later.
+fn validate_upload(request: &UploadRequest) -> Result<(), ErrorInfo> {
+    ferry_engine::parse_url(&request.url).map_err(|e| scheduler::error_info(&e))?;
+    if let UploadBody::Multipart { fields, files } = &request.body
+        && fields.is_empty()
+        && files.is_empty()
+    {
+        return Err(ErrorInfo::new(
+            "invalid_request",
+            "a multipart upload needs at least one field or file",
+        ));
+    }
+    for path in request.body.paths() {
+        check_path("source file", path)?;
+    }
+    check_tag_and_group(request.tag.as_deref(), request.group.as_deref())?;
+    scheduler::headers(request.headers.0.iter())?;
+    scheduler::engine_body(&request.body)
+        .check()
+        .map_err(|e| scheduler::error_info(&e))
+}
+
+fn check_tag_and_group(tag: Option<&str>, group: Option<&str>) -> Result<(), ErrorInfo> {
+    if tag.is_some_and(|t| t.len() > MAX_TAG_BYTES) {
+        return Err(ErrorInfo::new(
+            "invalid_request",
+            format!("the tag is longer than {MAX_TAG_BYTES} bytes"),
+        ));
+    }
+    if let Some(group) = group {
+        check_group(group)?;
+    }
+    Ok(())
 }
 
 fn validate(request: &DownloadRequest) -> Result<(), ErrorInfo> {
@@ -257,19 +313,7 @@ fn validate(request: &DownloadRequest) -> Result<(), ErrorInfo> {
             .parse::<ferry_engine::Checksum>()
             .map_err(|e| ErrorInfo::new("invalid_request", e))?;
     }
-    if request
-        .tag
-        .as_ref()
-        .is_some_and(|t| t.len() > MAX_TAG_BYTES)
-    {
-        return Err(ErrorInfo::new(
-            "invalid_request",
-            format!("the tag is longer than {MAX_TAG_BYTES} bytes"),
-        ));
-    }
-    if let Some(group) = &request.group {
-        check_group(group)?;
-    }
+    check_tag_and_group(request.tag.as_deref(), request.group.as_deref())?;
     if request.connections.is_some_and(|c| !(1..=64).contains(&c)) {
         return Err(ErrorInfo::new(
             "invalid_request",
@@ -300,10 +344,10 @@ fn check_path(what: &str, path: &str) -> Result<(), ErrorInfo> {
 async fn create(
     ctx: &Context,
     session: String,
-    request: DownloadRequest,
+    request: TaskRequest,
 ) -> Result<Response, ErrorInfo> {
     check_session(&session)?;
-    validate(&request)?;
+    validate_task(&request)?;
     let row = insert_tasks(ctx, session, vec![request])
         .await?
         .pop()
@@ -324,6 +368,7 @@ async fn create_many(
             e
         })?;
     }
+    let requests = requests.into_iter().map(TaskRequest::Download).collect();
     let rows = insert_tasks(ctx, session, requests).await?;
     Ok(Response::Created {
         ids: rows.iter().map(|r| r.id).collect(),
@@ -334,7 +379,7 @@ async fn create_many(
 async fn insert_tasks(
     ctx: &Context,
     session: String,
-    requests: Vec<DownloadRequest>,
+    requests: Vec<TaskRequest>,
 ) -> Result<Vec<TaskRow>, ErrorInfo> {
     let rows = ctx
         .store
@@ -345,8 +390,8 @@ async fn insert_tasks(
             let mut rows = Vec::with_capacity(requests.len());
             for request in requests {
                 let task = NewTask {
-                    priority: request.priority.unwrap_or(config.priority),
-                    state: initial_state(request.start),
+                    priority: request.priority().unwrap_or(config.priority),
+                    state: initial_state(request.start()),
                     session: session.clone(),
                     request,
                 };
@@ -478,6 +523,15 @@ pub(crate) async fn remove(
             _ => {}
         }
     }
+    // An upload's reply lives in the inbox: it goes with the task, unless an event still
+    // to be acknowledged names it (the acknowledgement deletes it then).
+    if let Some(reply) = &row.reply {
+        let (session, id) = (row.session.clone(), row.id);
+        let named = read(ctx, move |c| tasks::has_journaled(c, &session, id)).await?;
+        if delete_file || !named {
+            delete(Path::new(&reply.location))?;
+        }
+    }
     let removed = ctx
         .store
         .write(move |c| Ok((tasks::delete_completed(c, task)?, Vec::new())))
@@ -594,7 +648,7 @@ async fn from_resume_data(
                     priority: request.priority.unwrap_or(config.priority),
                     state: initial_state(true),
                     session,
-                    request,
+                    request: TaskRequest::Download(request),
                 },
             )?;
             // The kept bytes become the new task's staging file; the blob is now used up.

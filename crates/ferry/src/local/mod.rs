@@ -9,12 +9,15 @@
 //! - files of downloads without a destination, staging files and the bytes of resume data
 //!   live in a temporary folder the runtime owns and deletes at [`Runtime::shutdown`] (or
 //!   drop). A `finished_downloading` file there is deleted when its event is acknowledged,
-//!   as the daemon does with its inbox: move it away first;
+//!   as the daemon does with its inbox: move it away first. So is an upload's reply file
+//!   (in its own `replies` folder), when its `completed` is acknowledged;
 //! - resume data is valid only in the runtime that made it (see [`resume`]);
 //! - task ids are unique in the process; `status` reports the process and `home`
 //!   `"in-process"`; the configuration is the one given to `new` (`attach` does not change
 //!   it), and `max_per_host` counts this session's transfers only;
 //! - data tasks ([`Runtime::create_data`]) keep a body in memory;
+//! - uploads run as downloads do (states, limits, priorities, groups); a stopped upload
+//!   keeps nothing and sends from byte zero when it runs again;
 //! - `bytes_per_second` is not reported; `list_sessions` and `shutdown` are `unsupported`.
 //!
 //! Layout: `state` (tasks, events, the lock), `schedule` (the loop that starts tasks),
@@ -37,7 +40,7 @@ use std::sync::Arc;
 use ferry_engine::{ClientConfig, Engine};
 use ferry_proto::{
     CancelReason, DownloadRequest, ErrorInfo, EventFrame, Headers, OutcomeKind, Request, Response,
-    SessionConfig, TaskId, TaskInfo, TaskState,
+    SessionConfig, TaskId, TaskInfo, TaskState, UploadRequest,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -123,6 +126,16 @@ impl Runtime {
                 self.ours(&session)?;
                 validate::request(&request)?;
                 let mut created = self.insert(vec![(request, Kind::Download)])?;
+                created.pop().map_or_else(
+                    || Err(ErrorInfo::new("internal", "no task was created")),
+                    task,
+                )
+            }
+            Request::CreateUpload { session, request } => {
+                self.ours(&session)?;
+                let upload = validate::upload(&request)?;
+                let options = upload_options(request);
+                let mut created = self.insert(vec![(options, Kind::Upload(Box::new(upload)))])?;
                 created.pop().map_or_else(
                     || Err(ErrorInfo::new("internal", "no task was created")),
                     task,
@@ -373,6 +386,25 @@ impl Drop for Runtime {
     }
 }
 
+/// The options of an upload that every kind of task has, as the task's request; what it
+/// sends is kept apart, in [`Kind::Upload`].
+fn upload_options(request: UploadRequest) -> DownloadRequest {
+    DownloadRequest {
+        url: request.url,
+        destination: None,
+        directory: None,
+        headers: request.headers,
+        checksum: None,
+        priority: request.priority,
+        tag: request.tag,
+        group: request.group,
+        connections: None,
+        rate_limit: request.rate_limit,
+        earliest_begin: request.earliest_begin,
+        start: request.start,
+    }
+}
+
 fn refuse_if_invalidating(shared: &Shared, invalidating: bool) -> Result<(), ErrorInfo> {
     if invalidating {
         Err(ErrorInfo::new(
@@ -392,7 +424,12 @@ fn take_body(task: &mut Task) -> Option<Result<Vec<u8>, ErrorInfo>> {
     let id = task.info.id;
     let Kind::Data(body) = &mut task.kind else {
         return Some(Err(invalid(format!(
-            "task {id} is a download, not a data task"
+            "task {id} is a {}, not a data task",
+            if task.is_download() {
+                "download"
+            } else {
+                "upload"
+            }
         ))));
     };
     let TaskState::Completed { outcome } = task.info.state else {

@@ -1,4 +1,5 @@
-//! One transfer on the engine: its reports while it runs, and recording how it ended.
+//! One transfer on the engine (a download, data task or upload): its reports while it runs,
+//! and recording how it ended.
 //!
 //! Stopping a running transfer (suspend, cancel, `update_url`, preemption) records why in
 //! [`Run::stop`](super::state::Run) and cancels its token; the engine answers `Cancelled`
@@ -9,8 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_engine::{DownloadSpec, Downloaded, ErrorKind, Failure, Progress};
-use ferry_proto::{Event, Outcome, TaskId, TaskState};
+use ferry_engine::{
+    DownloadSpec, Downloaded, ErrorKind, Failure, Progress, UploadFailure, UploadSpec, Uploaded,
+};
+use ferry_proto::{Event, Outcome, Reply, TaskId, TaskState};
 use tokio_util::sync::CancellationToken;
 
 use super::state::{
@@ -36,29 +39,52 @@ struct Finished {
     body: Option<Vec<u8>>,
 }
 
+/// What the engine is to do.
+pub(super) enum Spec {
+    /// A download or data task.
+    Download(DownloadSpec),
+    /// An upload.
+    Upload(UploadSpec),
+}
+
 /// Runs the transfer to its end, sending coalesced progress meanwhile, then records the end.
-pub(super) async fn drive(shared: Arc<Shared>, id: TaskId, spec: DownloadSpec, run: Handles) {
-    let observer = TaskObserver {
-        shared: &shared,
-        id,
-    };
+pub(super) async fn drive(shared: Arc<Shared>, id: TaskId, spec: Spec, run: Handles) {
+    match spec {
+        Spec::Download(spec) => download(&shared, id, spec, &run).await,
+        Spec::Upload(spec) => upload(&shared, id, spec, &run).await,
+    }
+    run.ended.cancel();
+    shared.wake.notify_one();
+}
+
+/// Polls `transfer` to its end, reporting progress at most every [`PROGRESS_EVERY`].
+async fn with_progress<F: Future>(
+    shared: &Shared,
+    id: TaskId,
+    progress: &Progress,
+    reported: &mut u64,
+    transfer: F,
+) -> F::Output {
+    tokio::pin!(transfer);
+    let start = tokio::time::Instant::now() + PROGRESS_EVERY;
+    let mut tick = tokio::time::interval_at(start, PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            result = &mut transfer => break result,
+            _ = tick.tick() => shared.report_progress(id, progress, reported),
+        }
+    }
+}
+
+async fn download(shared: &Shared, id: TaskId, spec: DownloadSpec, run: &Handles) {
+    let observer = TaskObserver { shared, id };
     // `written` counts this run's bytes: those kept from an earlier run were reported then.
     let mut reported = spec.checkpoint.as_ref().map_or(0, |cp| cp.bytes());
-    let result = {
-        let download = shared
-            .engine
-            .download(&spec, &run.progress, &observer, &run.cancel);
-        tokio::pin!(download);
-        let start = tokio::time::Instant::now() + PROGRESS_EVERY;
-        let mut tick = tokio::time::interval_at(start, PROGRESS_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                result = &mut download => break result,
-                _ = tick.tick() => shared.report_progress(id, &run.progress, &mut reported),
-            }
-        }
-    };
+    let transfer = shared
+        .engine
+        .download(&spec, &run.progress, &observer, &run.cancel);
+    let result = with_progress(shared, id, &run.progress, &mut reported, transfer).await;
     let result = match result {
         Ok(done) => {
             // The last bytes, before `finished_downloading`.
@@ -68,8 +94,21 @@ pub(super) async fn drive(shared: Arc<Shared>, id: TaskId, spec: DownloadSpec, r
         Err(failure) => Err(failure),
     };
     shared.record_end(id, result, &spec.staging);
-    run.ended.cancel();
-    shared.wake.notify_one();
+}
+
+/// An upload: every run sends from byte zero, so progress counts from zero too.
+async fn upload(shared: &Shared, id: TaskId, spec: UploadSpec, run: &Handles) {
+    let observer = TaskObserver { shared, id };
+    let mut reported = 0;
+    let transfer = shared
+        .engine
+        .upload(&spec, &run.progress, &observer, &run.cancel);
+    let result = with_progress(shared, id, &run.progress, &mut reported, transfer).await;
+    if result.is_ok() {
+        // The last bytes, before `completed`.
+        shared.report_progress(id, &run.progress, &mut reported);
+    }
+    shared.record_upload_end(id, result, &spec.reply);
 }
 
 /// A data task's body is downloaded by the engine like any file, into the runtime's folder,
@@ -144,6 +183,70 @@ impl Shared {
                 (Some(stop), ErrorKind::Cancelled) => pause(task, stop, failure),
                 _ => record_failure(&mut state, id, failure, staging),
             },
+        }
+    }
+
+    /// Records how an upload's run ended: the reply with `completed` (also for a failure the
+    /// server answered), a failure, or the state a stop asked for. A stopped upload keeps
+    /// nothing: it starts again from byte zero, and a cancelled one has no resume data.
+    fn record_upload_end(
+        &self,
+        id: TaskId,
+        result: Result<Uploaded, UploadFailure>,
+        reply_path: &Path,
+    ) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let mut state = self.state();
+        let Some(task) = state.tasks.get_mut(&id) else {
+            return;
+        };
+        let stop = task.run.take().and_then(|r| r.stop);
+        let failure = match result {
+            Ok(done) => {
+                task.info.bytes_done = done.sent;
+                task.info.bytes_total = Some(done.sent);
+                task.info.current_url = Some(done.final_url.to_string());
+                let reply = Reply {
+                    status: done.status,
+                    headers: done.headers,
+                    location: done.reply.to_string_lossy().into_owned(),
+                    bytes: done.reply_bytes,
+                };
+                let status = Some(done.status);
+                state.complete_with_reply(id, Outcome::Succeeded, status, Some(reply));
+                return;
+            }
+            Err(failure) => failure,
+        };
+        match (stop, failure.error.kind()) {
+            (Some(Stop::Cancel { reason, keep }), ErrorKind::Cancelled) => {
+                self.cancel_locked(&mut state, id, reason, keep, None);
+                remove_quietly(reply_path);
+            }
+            (Some(stop), ErrorKind::Cancelled) => {
+                task.info.state = if stop == Stop::Suspend {
+                    TaskState::Suspended
+                } else {
+                    WAITING
+                };
+                task.info.bytes_done = 0;
+            }
+            _ => {
+                let error = error_info(&failure.error);
+                let reply = failure.reply.map(|r| Reply {
+                    status: r.status,
+                    headers: r.headers,
+                    location: r.path.to_string_lossy().into_owned(),
+                    bytes: r.bytes,
+                });
+                if reply.is_none() {
+                    remove_quietly(reply_path);
+                }
+                let status = error.status.or(reply.as_ref().map(|r| r.status));
+                state.complete_with_reply(id, Outcome::Failed { error }, status, reply);
+            }
         }
     }
 
@@ -239,6 +342,8 @@ fn record_success(state: &mut State, inbox: &Path, id: TaskId, finished: Finishe
     task.info.current_url = Some(done.final_url.to_string());
     match &mut task.kind {
         Kind::Data(slot) => *slot = Body::Ready(body.unwrap_or_default()),
+        // Uploads end in `record_upload_end`.
+        Kind::Upload(_) => {}
         Kind::Download => {
             let location = done.path.to_string_lossy().into_owned();
             task.info.location = Some(location.clone());

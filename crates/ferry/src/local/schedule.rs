@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferry_engine::{Destination, DownloadSpec, Limits};
+use ferry_engine::{Destination, DownloadSpec, Limits, UploadSpec};
 use ferry_proto::{ErrorInfo, Outcome, Priority, TaskId};
 
 use super::run;
-use super::state::{CONNECTING, Kind, Run, Shared, State, Stop, Task, WAITING};
+use super::state::{CONNECTING, Kind, Run, Shared, State, Stop, Task, Upload, WAITING};
 use super::validate;
 
 /// Connections per download unless the task says otherwise (the daemon's default).
@@ -150,7 +150,11 @@ impl Shared {
             return;
         };
         task.first_start.get_or_insert_with(Instant::now);
-        let spec = match self.spec(id, task) {
+        let spec = match &task.kind {
+            Kind::Upload(upload) => self.upload_spec(id, task, upload).map(run::Spec::Upload),
+            Kind::Download | Kind::Data(_) => self.spec(id, task).map(run::Spec::Download),
+        };
+        let spec = match spec {
             Ok(spec) => spec,
             Err(error) => {
                 // A request that cannot even be built fails at once, with its events.
@@ -171,14 +175,15 @@ impl Shared {
             cancel: run.cancel.clone(),
             progress: run.progress.clone(),
             ended: run.ended.clone(),
-            data: !task.is_download(),
+            data: task.is_data(),
         };
         task.run = Some(run);
         task.set_phase(CONNECTING, None);
         tokio::spawn(run::drive(self.clone(), id, spec, handles));
     }
 
-    /// The engine's view of a task: session and task settings, and its checkpoint.
+    /// The engine's view of a download or data task: session and task settings, and its
+    /// checkpoint.
     fn spec(&self, id: TaskId, task: &Task) -> Result<DownloadSpec, ErrorInfo> {
         let request = &task.request;
         let (destination, conflict) = match (&task.kind, &request.destination) {
@@ -186,11 +191,11 @@ impl Shared {
                 Destination::File(self.folder.data(id)),
                 ferry_engine::Conflict::Overwrite,
             ),
-            (Kind::Download, Some(path)) => (
+            (_, Some(path)) => (
                 Destination::File(path.into()),
                 conflict(self.config.destination_conflict),
             ),
-            (Kind::Download, None) => {
+            (_, None) => {
                 let folder: std::path::PathBuf = match &request.directory {
                     Some(dir) => {
                         std::fs::create_dir_all(dir).map_err(|e| {
@@ -229,16 +234,49 @@ impl Shared {
             }
             cp
         });
+        spec.limits = self.limits(task);
+        spec.request_timeout = self.request_timeout();
+        spec.resource_timeout = Some(self.resource_timeout_left(task));
+        Ok(spec)
+    }
+
+    /// The engine's view of an upload. Each run sends the body from byte zero; the reply
+    /// goes to the task's file in the replies folder (truncated by a new run).
+    fn upload_spec(
+        &self,
+        id: TaskId,
+        task: &Task,
+        upload: &Upload,
+    ) -> Result<UploadSpec, ErrorInfo> {
+        let request = &task.request;
+        let mut spec = UploadSpec::new(&request.url, upload.body.clone(), self.folder.reply(id));
+        spec.method = upload.method;
+        spec.headers =
+            validate::headers(self.config.headers.0.iter().chain(request.headers.0.iter()))?;
+        spec.limits = self.limits(task);
+        spec.request_timeout = self.request_timeout();
+        spec.resource_timeout = Some(self.resource_timeout_left(task));
+        Ok(spec)
+    }
+
+    /// The session's rate limit and the task's own.
+    fn limits(&self, task: &Task) -> Limits {
         let mut limits = Limits::none().with(self.session_limit.clone());
         if let Some(limit) = &task.limit {
             limits = limits.with(limit.clone());
         }
-        spec.limits = limits;
-        spec.request_timeout = Duration::from_secs(self.config.request_timeout_secs.max(1));
+        limits
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.request_timeout_secs.max(1))
+    }
+
+    /// What is left of the resource timeout, which counts from the first start.
+    fn resource_timeout_left(&self, task: &Task) -> Duration {
         let spent = task.first_start.map_or(Duration::ZERO, |t| t.elapsed());
         let left = Duration::from_secs(self.config.resource_timeout_secs).saturating_sub(spent);
-        spec.resource_timeout = Some(left.max(Duration::from_millis(1)));
-        Ok(spec)
+        left.max(Duration::from_millis(1))
     }
 }
 

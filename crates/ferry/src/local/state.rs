@@ -15,7 +15,7 @@ use std::time::Instant;
 use ferry_engine::{Checkpoint, Engine, Progress, RateLimiter};
 use ferry_proto::{
     CancelReason, DownloadRequest, ErrorInfo, Event, EventFrame, Outcome, OutcomeKind, Priority,
-    RunPhase, SessionConfig, TaskId, TaskInfo, TaskState,
+    Reply, RunPhase, SessionConfig, TaskId, TaskInfo, TaskKind, TaskState,
 };
 use tempfile::TempDir;
 use tokio::sync::Notify;
@@ -53,7 +53,7 @@ pub(super) struct Folder {
 }
 
 impl Folder {
-    pub(super) const PARTS: [&'static str; 4] = ["staging", "inbox", "resume", "data"];
+    pub(super) const PARTS: [&'static str; 5] = ["staging", "inbox", "resume", "data", "replies"];
 
     pub(super) fn new(root: &Path) -> Folder {
         Folder {
@@ -74,6 +74,12 @@ impl Folder {
     /// Bytes of tasks cancelled with resume data.
     pub(super) fn resume(&self) -> PathBuf {
         self.root.join("resume")
+    }
+
+    /// An upload's server reply, until its `completed` is acknowledged. Its own folder, so
+    /// no name a server gives a download in the inbox can meet it.
+    pub(super) fn reply(&self, task: TaskId) -> PathBuf {
+        self.root.join("replies").join(format!("{task}.reply"))
     }
 
     /// A data task's finished body, between the engine placing it and it being read.
@@ -250,9 +256,25 @@ impl State {
     /// Moves task `id` to its end, sends `completed`, then what may follow it: the group's
     /// `group_completed` and the session's `session_invalidated`.
     pub(super) fn complete(&mut self, id: TaskId, outcome: Outcome, status: Option<u16>) {
+        self.complete_with_reply(id, outcome, status, None);
+    }
+
+    /// [`State::complete`] for an upload the server answered: the reply goes in `completed`
+    /// and the task's info, and its file is deleted when that event is acknowledged.
+    pub(super) fn complete_with_reply(
+        &mut self,
+        id: TaskId,
+        outcome: Outcome,
+        status: Option<u16>,
+        reply: Option<Reply>,
+    ) {
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
+        if let Some(reply) = &reply {
+            task.info.location = Some(reply.location.clone());
+        }
+        task.info.reply.clone_from(&reply);
         let kind = match &outcome {
             Outcome::Succeeded => OutcomeKind::Succeeded,
             Outcome::Failed { error } => {
@@ -265,7 +287,18 @@ impl State {
         task.run = None;
         task.done.cancel();
         let group = task.info.group.clone();
-        self.emit(id, Event::Completed { outcome, status });
+        let file = reply.as_ref().map(|r| PathBuf::from(&r.location));
+        let seq = self.emit(
+            id,
+            Event::Completed {
+                outcome,
+                status,
+                reply,
+            },
+        );
+        if let Some((seq, file)) = seq.zip(file) {
+            self.journal.delete_when_acked(seq, file);
+        }
         if let Some(group) = group {
             self.group_completion(&group);
         }
@@ -318,7 +351,7 @@ impl State {
 }
 
 /// The session's event stream: sequence numbers, and the inbox files waiting for their
-/// `finished_downloading` to be acknowledged.
+/// event (`finished_downloading`, or an upload's `completed`) to be acknowledged.
 pub(super) struct Journal {
     session: String,
     sender: UnboundedSender<EventFrame>,
@@ -371,13 +404,22 @@ impl Journal {
     }
 }
 
-/// What a task transfers into.
+/// What a task transfers, and into what.
 #[derive(Debug)]
 pub(super) enum Kind {
     /// A file: the destination, or the inbox.
     Download,
     /// Bytes in memory, handed out once by `take_data`.
     Data(Body),
+    /// File(s) to the server; its reply into the runtime's replies folder.
+    Upload(Box<Upload>),
+}
+
+/// What an upload sends, checked and in the engine's terms.
+#[derive(Debug)]
+pub(super) struct Upload {
+    pub(super) method: ferry_engine::UploadMethod,
+    pub(super) body: ferry_engine::UploadBody,
 }
 
 /// A data task's body.
@@ -392,6 +434,8 @@ pub(super) enum Body {
 pub(super) struct Task {
     /// What clients see; the live byte counts are added by [`Task::live_info`].
     pub(super) info: TaskInfo,
+    /// The request; for an upload, only the options every kind of task has (URL, headers,
+    /// priority, tag, group, rate limit, earliest begin), its body being in [`Kind::Upload`].
     pub(super) request: DownloadRequest,
     pub(super) kind: Kind,
     /// Where the bytes in the staging file stand, when there are any.
@@ -422,6 +466,10 @@ impl Task {
         } else {
             TaskState::Suspended
         };
+        let task_kind = match kind {
+            Kind::Upload(_) => TaskKind::Upload,
+            Kind::Download | Kind::Data(_) => TaskKind::Download,
+        };
         Task {
             info: TaskInfo {
                 id,
@@ -439,6 +487,8 @@ impl Task {
                 priority,
                 resume_data: None,
                 bytes_per_second: None,
+                kind: task_kind,
+                reply: None,
             },
             limit: request.rate_limit.map(RateLimiter::new),
             request,
@@ -453,6 +503,10 @@ impl Task {
 
     pub(super) fn is_download(&self) -> bool {
         matches!(self.kind, Kind::Download)
+    }
+
+    pub(super) fn is_data(&self) -> bool {
+        matches!(self.kind, Kind::Data(_))
     }
 
     pub(super) fn is_completed(&self) -> bool {

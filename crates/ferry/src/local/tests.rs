@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use ferry_engine::ClientConfig;
 use ferry_proto::{
-    CancelReason, DownloadRequest, ErrorInfo, Event, EventFrame, Headers, Outcome, OutcomeKind,
-    Priority, Request, Response, RunPhase, SessionConfig, TaskId, TaskInfo, TaskState,
+    CancelReason, DownloadRequest, ErrorInfo, Event, EventFrame, FormFile, Headers, Outcome,
+    OutcomeKind, Priority, Request, Response, RunPhase, SessionConfig, TaskId, TaskInfo, TaskKind,
+    TaskState, UploadBody, UploadRequest,
 };
 use ferry_testserver::{TestServer, content};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -221,7 +222,8 @@ async fn downloads_to_a_destination_with_events_in_order() {
         rest[1].event,
         Event::Completed {
             outcome: Outcome::Succeeded,
-            status: Some(200)
+            status: Some(200),
+            reply: None,
         }
     );
     assert_eq!((rest[0].seq, rest[1].seq), (Some(1), Some(2)));
@@ -278,6 +280,7 @@ async fn not_found_fails_with_http_status_and_writes_nothing() {
         Some(Event::Completed {
             outcome: Outcome::Failed { error },
             status: Some(404),
+            reply: None,
         }) => assert_eq!(
             (error.code.as_str(), error.status),
             ("http_status", Some(404))
@@ -338,6 +341,7 @@ async fn cancel_with_resume_data_then_create_from_it_finishes_the_file() {
                 resume_data: Some(blob.clone()),
             },
             status: None,
+            reply: None,
         })
     );
 
@@ -1055,4 +1059,57 @@ async fn runtime_and_its_requests_can_cross_threads() {
     );
     send(&f.runtime.take_data(1));
     send(&f.runtime.create_data(request(f.url("/bytes/1"))));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_upload_refuses_what_the_library_would_not_send() {
+    let f = fixture(SessionConfig::default());
+    std::fs::write(f.path("f"), b"x").unwrap();
+    let upload = |body: UploadBody| UploadRequest {
+        url: f.url("/upload/u"),
+        method: None,
+        body,
+        headers: Headers::default(),
+        priority: None,
+        tag: None,
+        group: None,
+        rate_limit: None,
+        earliest_begin: None,
+        start: true,
+    };
+    let ask = |request: UploadRequest| {
+        f.ask_task(Request::CreateUpload {
+            session: SESSION.into(),
+            request,
+        })
+    };
+    // The daemon has another current folder: a relative path means nothing there.
+    let relative = upload(UploadBody::File { path: "f".into() });
+    let e = ask(relative).await.unwrap_err();
+    assert_eq!(e.code, "invalid_request", "{e:?}");
+    assert!(e.message.contains("absolute"), "{e:?}");
+    let empty = upload(UploadBody::Multipart {
+        fields: vec![],
+        files: vec![],
+    });
+    assert_eq!(ask(empty).await.unwrap_err().code, "invalid_request");
+    let bad_type = upload(UploadBody::Multipart {
+        fields: vec![],
+        files: vec![FormFile {
+            name: "f".into(),
+            path: f.path("f"),
+            file_name: None,
+            content_type: Some("text/\nplain".into()),
+        }],
+    });
+    assert_eq!(ask(bad_type).await.unwrap_err().code, "invalid_upload");
+    let mut tagged = upload(UploadBody::File { path: f.path("f") });
+    tagged.tag = Some("t".repeat(5000));
+    assert_eq!(ask(tagged).await.unwrap_err().code, "invalid_request");
+
+    let fine = ask(upload(UploadBody::File { path: f.path("f") }))
+        .await
+        .unwrap();
+    assert_eq!(fine.kind, TaskKind::Upload);
+    assert_eq!((fine.destination, fine.reply), (None, None));
 }

@@ -4,7 +4,11 @@
 use std::path::Path;
 
 use ferry_engine::http::{HeaderMap, HeaderName, HeaderValue};
-use ferry_proto::{DownloadRequest, ErrorInfo, TaskId, TaskState};
+use ferry_proto::{
+    DownloadRequest, ErrorInfo, Headers, TaskId, TaskState, UploadBody, UploadMethod, UploadRequest,
+};
+
+use super::state::Upload;
 
 /// Longest tag accepted (SPEC §5).
 const MAX_TAG_BYTES: usize = 4096;
@@ -29,26 +33,81 @@ pub(super) fn request(request: &DownloadRequest) -> Result<(), ErrorInfo> {
             .parse::<ferry_engine::Checksum>()
             .map_err(invalid)?;
     }
-    if request
-        .tag
-        .as_ref()
-        .is_some_and(|t| t.len() > MAX_TAG_BYTES)
-    {
+    if request.connections.is_some_and(|c| !(1..=64).contains(&c)) {
+        return Err(invalid("connections must be between 1 and 64"));
+    }
+    shared_options(
+        request.tag.as_deref(),
+        request.group.as_deref(),
+        &request.headers,
+    )
+}
+
+/// Checks an upload request as the daemon's `create_upload` does — the source files too:
+/// each must exist, be a regular file and open, so a bad upload is refused before it is
+/// queued — and returns what to send in the engine's terms.
+pub(super) fn upload(request: &UploadRequest) -> Result<Upload, ErrorInfo> {
+    ferry_engine::parse_url(&request.url).map_err(|e| error_info(&e))?;
+    for file in request.body.paths() {
+        path("upload file", file)?;
+    }
+    shared_options(
+        request.tag.as_deref(),
+        request.group.as_deref(),
+        &request.headers,
+    )?;
+    let body = match &request.body {
+        UploadBody::File { path } => ferry_engine::UploadBody::File(path.into()),
+        UploadBody::Multipart { fields, files } => {
+            if fields.is_empty() && files.is_empty() {
+                return Err(invalid(
+                    "a multipart upload needs at least one field or file",
+                ));
+            }
+            ferry_engine::UploadBody::Multipart {
+                fields: fields
+                    .iter()
+                    .map(|f| (f.name.clone(), f.value.clone()))
+                    .collect(),
+                files: files
+                    .iter()
+                    .map(|f| ferry_engine::MultipartFile {
+                        field: f.name.clone(),
+                        path: f.path.clone().into(),
+                        file_name: f.file_name.clone(),
+                        content_type: f.content_type.clone(),
+                    })
+                    .collect(),
+            }
+        }
+    };
+    body.check().map_err(|e| error_info(&e))?;
+    let method = match request.effective_method() {
+        UploadMethod::Put => ferry_engine::UploadMethod::Put,
+        UploadMethod::Post => ferry_engine::UploadMethod::Post,
+    };
+    Ok(Upload { method, body })
+}
+
+/// What every kind of task may carry: a tag, a group, headers.
+fn shared_options(
+    tag: Option<&str>,
+    group: Option<&str>,
+    headers: &Headers,
+) -> Result<(), ErrorInfo> {
+    if tag.is_some_and(|t| t.len() > MAX_TAG_BYTES) {
         return Err(invalid(format!(
             "the tag is longer than {MAX_TAG_BYTES} bytes"
         )));
     }
-    if let Some(group) = &request.group {
+    if let Some(group) = group {
         self::group(group)?;
     }
-    if request.connections.is_some_and(|c| !(1..=64).contains(&c)) {
-        return Err(invalid("connections must be between 1 and 64"));
-    }
-    headers(request.headers.0.iter())?;
+    self::headers(headers.0.iter())?;
     Ok(())
 }
 
-/// A `destination` or `directory`: an absolute path without NUL bytes.
+/// A `destination`, `directory` or upload file: an absolute path without NUL bytes.
 fn path(what: &str, path: &str) -> Result<(), ErrorInfo> {
     if !Path::new(path).is_absolute() {
         return Err(invalid(format!("{what} {path:?} must be an absolute path")));

@@ -10,3 +10,4 @@ mod daemon;
 mod examples;
 mod in_process;
 mod seeds;
+mod upload;

@@ -10,8 +10,9 @@ impl Scheduler {
         result: Result<Downloaded, EndError>,
         stopped: Option<Stop>,
     ) {
-        let (id, session, tag) = (row.id, row.session.clone(), row.request.tag.clone());
-        let run_url = row.request.url.clone();
+        let (id, session) = (row.id, row.session.clone());
+        let tag = row.request.tag().map(str::to_owned);
+        let run_url = row.request.url().to_owned();
         let staging = self.layout.staging(id);
         let end = match result {
             Ok(done) => End::Succeeded(done),
@@ -67,6 +68,7 @@ impl Scheduler {
                             Event::Completed {
                                 outcome: Outcome::Succeeded,
                                 status: Some(done.status),
+                                reply: None,
                             },
                         )?);
                         events.extend(tasks::after_completion(c, id)?);
@@ -87,6 +89,7 @@ impl Scheduler {
                             Event::Completed {
                                 status: error.status,
                                 outcome: Outcome::Failed { error },
+                                reply: None,
                             },
                         )?);
                         events.extend(tasks::after_completion(c, id)?);
@@ -105,9 +108,9 @@ impl Scheduler {
                         // Its URL was updated while it ran: the checkpoint just saved names
                         // the old one, and the next run continues from the new one.
                         if let Some(now) = tasks::get(c, id)?
-                            && now.request.url != run_url
+                            && now.request.url() != run_url
                         {
-                            tasks::set_url(c, id, &now.request.url)?;
+                            tasks::set_url(c, id, now.request.url())?;
                         }
                     }
                 }
@@ -147,9 +150,9 @@ pub(super) fn cancel_job(
         return Ok((false, Vec::new()));
     }
     tasks::delete_checkpoint(c, id)?;
-    let resume_data = match order.checkpoint {
-        Some(cp) if order.keep && cp.bytes() > 0 && staging.exists() => {
-            match keeper.keep(staging, &row.request, cp) {
+    let resume_data = match (order.checkpoint, row.request.download()) {
+        (Some(cp), Some(request)) if order.keep && cp.bytes() > 0 && staging.exists() => {
+            match keeper.keep(staging, request, cp) {
                 Ok(blob) => {
                     tasks::set_resume_data(c, id, &blob)?;
                     Some(blob)
@@ -166,13 +169,14 @@ pub(super) fn cancel_job(
         c,
         &row.session,
         Some(id),
-        row.request.tag.as_deref(),
+        row.request.tag(),
         Event::Completed {
             outcome: Outcome::Cancelled {
                 reason: order.reason,
                 resume_data,
             },
             status: None,
+            reply: None,
         },
     )?;
     let mut events = vec![event];

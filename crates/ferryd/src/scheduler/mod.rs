@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use ferry_engine::http::{HeaderMap, HeaderName, HeaderValue};
 use ferry_engine::{
     Destination, DownloadSpec, Downloaded, Engine, Failure, Limits, Progress, RateLimiter,
+    UploadSpec,
 };
 use ferry_proto::{
     CancelReason, ErrorInfo, Event, EventFrame, Outcome, OutcomeKind, Priority, RunPhase,
@@ -26,17 +27,19 @@ use tokio_util::sync::CancellationToken;
 use crate::home::Layout;
 use crate::hub::Hub;
 use crate::resume::Keeper;
-use crate::store::{Store, StoreError, TaskRow, sessions, tasks};
+use crate::store::{Store, StoreError, TaskRequest, TaskRow, sessions, tasks};
 
 mod control;
 mod end;
 mod observer;
 mod rate;
+mod upload;
 
 pub use control::{GroupAction, invalid_state, unknown_task};
 use end::EndError;
 use observer::TaskObserver;
 use rate::RateSampler;
+pub use upload::engine_body;
 
 const WAITING: TaskState = TaskState::Running {
     phase: RunPhase::Waiting,
@@ -339,7 +342,7 @@ impl Scheduler {
         candidates.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.id));
         let configs: HashMap<String, SessionConfig> = configs.into_iter().collect();
         let now = crate::store::now();
-        let due = |row: &TaskRow| row.request.earliest_begin.is_none_or(|t| t <= now);
+        let due = |row: &TaskRow| row.request.earliest_begin().is_none_or(|t| t <= now);
         // Discretionary (low) tasks wait while anything of a higher class is waiting.
         let urgent_waiting = candidates
             .iter()
@@ -358,7 +361,7 @@ impl Scheduler {
                 continue;
             }
             let config = configs.get(&row.session).cloned().unwrap_or_default();
-            let host = host_of(&row.request.url);
+            let host = host_of(row.request.url());
             let scope = if load.total >= self.config.max_running {
                 Some(None)
             } else if load.session(&row.session) >= config.max_concurrent as usize {
@@ -374,13 +377,13 @@ impl Scheduler {
             }
             if config
                 .group_max_concurrent
-                .zip(row.request.group.as_deref())
+                .zip(row.request.group())
                 .is_some_and(|(max, g)| load.group(&row.session, g) >= max as usize)
                 || load.host(&host) >= config.max_per_host as usize
             {
                 continue;
             }
-            load.add(&row.session, row.request.group.as_deref(), &host);
+            load.add(&row.session, row.request.group(), &host);
             starting.push(self.start(row, config, host));
         }
         // Started together, their first writes share a commit.
@@ -421,8 +424,8 @@ impl Scheduler {
         // is being started finds it here and stops it, instead of missing it.
         let running = Running {
             session: row.session.clone(),
-            tag: row.request.tag.clone(),
-            group: row.request.group.clone(),
+            tag: row.request.tag().map(str::to_owned),
+            group: row.request.group().map(str::to_owned),
             host,
             priority: row.priority,
             cancel: CancellationToken::new(),
@@ -476,8 +479,16 @@ impl Scheduler {
         };
         // The resource timeout counts from the first start, across pauses and restarts.
         let spent = u64::try_from(crate::store::now() - started_at).unwrap_or(0);
-        let spec = match self.spec(&row, &config, checkpoint, spent) {
-            Ok(spec) => spec,
+        let job = match &row.request {
+            TaskRequest::Download(request) => self
+                .spec(&row, request, &config, checkpoint, spent)
+                .map(|spec| Job::Download(Box::new(spec))),
+            TaskRequest::Upload(request) => self
+                .upload_spec(&row, request, &config, spent)
+                .map(|spec| Job::Upload(Box::new(spec))),
+        };
+        let job = match job {
+            Ok(job) => job,
             Err(error) => {
                 // A request that cannot even be built fails at once, with its events.
                 self.record_end(&row, Err(EndError::Setup(error)), None)
@@ -492,17 +503,28 @@ impl Scheduler {
                 store: this.store.clone(),
                 task: id,
                 session: row.session.clone(),
-                tag: row.request.tag.clone(),
+                tag: row.request.tag().map(str::to_owned),
             };
             // A stop that came during the start has already cancelled `cancel`: the engine
-            // returns at once, with nothing fetched.
-            let result = this
-                .engine
-                .download(&spec, &progress, &observer, &cancel)
-                .await;
-            let stopped = *stop.lock().unwrap_or_else(PoisonError::into_inner);
-            this.record_end(&row, result.map_err(EndError::Engine), stopped)
-                .await;
+            // returns at once, with nothing sent or fetched.
+            let stopped = || *stop.lock().unwrap_or_else(PoisonError::into_inner);
+            match job {
+                Job::Download(spec) => {
+                    let result = this
+                        .engine
+                        .download(&spec, &progress, &observer, &cancel)
+                        .await;
+                    this.record_end(&row, result.map_err(EndError::Engine), stopped())
+                        .await;
+                }
+                Job::Upload(spec) => {
+                    let result = this
+                        .engine
+                        .upload(&spec, &progress, &observer, &cancel)
+                        .await;
+                    this.record_upload_end(&row, result, stopped()).await;
+                }
+            }
             this.running().remove(&id);
             finished.cancel();
             this.wake();
@@ -515,18 +537,29 @@ impl Scheduler {
     fn refresh_running(&self, row: &TaskRow) {
         if let Some(r) = self.running().get_mut(&row.id) {
             r.priority = row.priority;
-            r.host = host_of(&row.request.url);
+            r.host = host_of(row.request.url());
+        }
+    }
+
+    /// The bandwidth limits of a transfer: the daemon's, its session's and its own.
+    fn limits(&self, session: &str, own: Option<u64>) -> Limits {
+        let limits = Limits::none()
+            .with(self.global_limit.clone())
+            .with(self.session_limit(session));
+        match own {
+            Some(rate) => limits.with(RateLimiter::new(rate)),
+            None => limits,
         }
     }
 
     fn spec(
         &self,
         row: &TaskRow,
+        request: &ferry_proto::DownloadRequest,
         config: &SessionConfig,
         checkpoint: Option<ferry_engine::Checkpoint>,
         spent_secs: u64,
     ) -> Result<DownloadSpec, ErrorInfo> {
-        let request = &row.request;
         let folder = |path: PathBuf, what: &str| {
             std::fs::create_dir_all(&path).map_err(|e| {
                 ErrorInfo::new(
@@ -559,19 +592,19 @@ impl Scheduler {
             .map_or(self.config.default_connections, |c| c as usize)
             .max(1);
         spec.checkpoint = checkpoint;
-        let mut limits = Limits::none()
-            .with(self.global_limit.clone())
-            .with(self.session_limit(&row.session));
-        if let Some(rate) = request.rate_limit {
-            limits = limits.with(RateLimiter::new(rate));
-        }
-        spec.limits = limits;
+        spec.limits = self.limits(&row.session, request.rate_limit);
         spec.request_timeout = Duration::from_secs(config.request_timeout_secs.max(1));
         let left = config.resource_timeout_secs.saturating_sub(spent_secs);
         spec.resource_timeout = Some(Duration::from_secs(left).max(Duration::from_millis(1)));
         spec.checkpoint_interval = self.config.checkpoint_interval;
         Ok(spec)
     }
+}
+
+/// What a run hands to the engine.
+enum Job {
+    Download(Box<DownloadSpec>),
+    Upload(Box<UploadSpec>),
 }
 
 /// Running transfers counted by the scopes that limit them.
@@ -704,7 +737,7 @@ mod tests {
                 sessions::ensure(c, "s")?;
                 let task = NewTask {
                     session: "s".into(),
-                    request,
+                    request: TaskRequest::Download(request),
                     priority: Priority::Normal,
                     state: WAITING,
                 };

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::Hub;
 
-pub use tasks::{NewTask, TaskRow};
+pub use tasks::{NewTask, TaskRequest, TaskRow};
 
 /// Jobs taken into one transaction at most.
 const MAX_BATCH: usize = 512;

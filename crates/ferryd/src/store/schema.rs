@@ -86,4 +86,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     UPDATE tasks SET completed_at = updated_at
     WHERE state IN ('succeeded', 'failed', 'cancelled');
     "#,
+    // 9: upload tasks. `request` holds the JSON of the kind's request
+    // (ferry_proto::DownloadRequest or UploadRequest); `reply` the server's answer to an
+    // upload (JSON of ferry_proto::Reply).
+    r#"
+    ALTER TABLE tasks ADD COLUMN kind TEXT NOT NULL DEFAULT 'download';
+    ALTER TABLE tasks ADD COLUMN reply TEXT;
+    "#,
 ];

@@ -4,19 +4,141 @@
 use std::collections::BTreeMap;
 
 use ferry_proto::{
-    DownloadRequest, ErrorInfo, Event, EventFrame, OutcomeKind, Priority, TaskInfo, TaskState,
+    DownloadRequest, ErrorInfo, Event, EventFrame, Headers, OutcomeKind, Priority, Reply, TaskInfo,
+    TaskKind, TaskState, UploadRequest,
 };
 use rusqlite::{Connection, OptionalExtension, Row};
 
 use super::{StoreError, now, sessions};
+
+/// What a task was asked to do: the client's request, of its kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskRequest {
+    /// A download.
+    Download(DownloadRequest),
+    /// An upload.
+    Upload(UploadRequest),
+}
+
+impl TaskRequest {
+    /// Download or upload.
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            TaskRequest::Download(_) => TaskKind::Download,
+            TaskRequest::Upload(_) => TaskKind::Upload,
+        }
+    }
+
+    /// The URL asked for.
+    pub fn url(&self) -> &str {
+        match self {
+            TaskRequest::Download(r) => &r.url,
+            TaskRequest::Upload(r) => &r.url,
+        }
+    }
+
+    /// Points the request at another URL.
+    pub fn set_url(&mut self, url: &str) {
+        match self {
+            TaskRequest::Download(r) => url.clone_into(&mut r.url),
+            TaskRequest::Upload(r) => url.clone_into(&mut r.url),
+        }
+    }
+
+    /// The client's tag.
+    pub fn tag(&self) -> Option<&str> {
+        match self {
+            TaskRequest::Download(r) => r.tag.as_deref(),
+            TaskRequest::Upload(r) => r.tag.as_deref(),
+        }
+    }
+
+    /// The group.
+    pub fn group(&self) -> Option<&str> {
+        match self {
+            TaskRequest::Download(r) => r.group.as_deref(),
+            TaskRequest::Upload(r) => r.group.as_deref(),
+        }
+    }
+
+    /// The task's own headers.
+    pub fn headers(&self) -> &Headers {
+        match self {
+            TaskRequest::Download(r) => &r.headers,
+            TaskRequest::Upload(r) => &r.headers,
+        }
+    }
+
+    /// The priority asked for.
+    pub fn priority(&self) -> Option<Priority> {
+        match self {
+            TaskRequest::Download(r) => r.priority,
+            TaskRequest::Upload(r) => r.priority,
+        }
+    }
+
+    /// Not before this time (seconds since the epoch).
+    pub fn earliest_begin(&self) -> Option<i64> {
+        match self {
+            TaskRequest::Download(r) => r.earliest_begin,
+            TaskRequest::Upload(r) => r.earliest_begin,
+        }
+    }
+
+    /// The task's own rate limit.
+    pub fn rate_limit(&self) -> Option<u64> {
+        match self {
+            TaskRequest::Download(r) => r.rate_limit,
+            TaskRequest::Upload(r) => r.rate_limit,
+        }
+    }
+
+    /// Whether it starts at once.
+    pub fn start(&self) -> bool {
+        match self {
+            TaskRequest::Download(r) => r.start,
+            TaskRequest::Upload(r) => r.start,
+        }
+    }
+
+    /// The download request, for a download.
+    pub fn download(&self) -> Option<&DownloadRequest> {
+        match self {
+            TaskRequest::Download(r) => Some(r),
+            TaskRequest::Upload(_) => None,
+        }
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self {
+            TaskRequest::Download(_) => "download",
+            TaskRequest::Upload(_) => "upload",
+        }
+    }
+
+    fn to_json(&self) -> Result<String, serde_json::Error> {
+        match self {
+            TaskRequest::Download(r) => serde_json::to_string(r),
+            TaskRequest::Upload(r) => serde_json::to_string(r),
+        }
+    }
+
+    fn from_json(kind: &str, json: &str) -> Result<TaskRequest, StoreError> {
+        match kind {
+            "download" => Ok(TaskRequest::Download(serde_json::from_str(json)?)),
+            "upload" => Ok(TaskRequest::Upload(serde_json::from_str(json)?)),
+            other => Err(StoreError::NotFound(format!("unknown task kind {other:?}"))),
+        }
+    }
+}
 
 /// A task to insert.
 #[derive(Debug, Clone)]
 pub struct NewTask {
     /// Its session (must exist).
     pub session: String,
-    /// What to download.
-    pub request: DownloadRequest,
+    /// What to do.
+    pub request: TaskRequest,
     /// Its priority.
     pub priority: Priority,
     /// `suspended` or `waiting`.
@@ -31,7 +153,7 @@ pub struct TaskRow {
     /// Session.
     pub session: String,
     /// The original request.
-    pub request: DownloadRequest,
+    pub request: TaskRequest,
     /// Priority.
     pub priority: Priority,
     /// State.
@@ -48,6 +170,8 @@ pub struct TaskRow {
     pub location: Option<String>,
     /// Resume data of a task cancelled with its bytes kept.
     pub resume_data: Option<String>,
+    /// The server's answer to an upload.
+    pub reply: Option<Reply>,
 }
 
 impl TaskRow {
@@ -56,25 +180,27 @@ impl TaskRow {
         TaskInfo {
             id: self.id,
             session: self.session.clone(),
-            url: self.request.url.clone(),
+            url: self.request.url().to_owned(),
             current_url: self.current_url.clone(),
-            destination: self.request.destination.clone(),
+            destination: self.request.download().and_then(|r| r.destination.clone()),
             location: self.location.clone(),
             state: self.state,
             bytes_done: self.bytes_done,
             bytes_total: self.bytes_total,
             error: self.error.clone(),
-            tag: self.request.tag.clone(),
-            group: self.request.group.clone(),
+            tag: self.request.tag().map(str::to_owned),
+            group: self.request.group().map(str::to_owned),
             priority: self.priority,
             resume_data: self.resume_data.clone(),
             bytes_per_second: None,
+            kind: self.request.kind(),
+            reply: self.reply.clone(),
         }
     }
 }
 
 const COLUMNS: &str = "id, session, request, priority, state, error, bytes_done, bytes_total, current_url, location, \
-     resume_data";
+     resume_data, kind, reply";
 
 fn priority_rank(p: Priority) -> i64 {
     match p {
@@ -114,6 +240,7 @@ fn to_i64(n: u64) -> i64 {
 }
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<(TaskRowRaw, String, Option<String>)> {
+    // Text columns whose JSON is decoded after the row is read.
     Ok((
         TaskRowRaw {
             id: row.get::<_, i64>(0)? as u64,
@@ -125,6 +252,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(TaskRowRaw, String, Option<Strin
             current_url: row.get(8)?,
             location: row.get(9)?,
             resume_data: row.get(10)?,
+            kind: row.get(11)?,
+            reply: row.get(12)?,
         },
         row.get(2)?,
         row.get(5)?,
@@ -141,6 +270,8 @@ struct TaskRowRaw {
     current_url: Option<String>,
     location: Option<String>,
     resume_data: Option<String>,
+    kind: String,
+    reply: Option<String>,
 }
 
 fn decode(
@@ -151,7 +282,7 @@ fn decode(
     Ok(TaskRow {
         id: raw.id,
         session: raw.session,
-        request: serde_json::from_str(&request)?,
+        request: TaskRequest::from_json(&raw.kind, &request)?,
         priority: priority_of(raw.priority),
         state,
         error: error.map(|e| serde_json::from_str(&e)).transpose()?,
@@ -160,6 +291,7 @@ fn decode(
         current_url: raw.current_url,
         location: raw.location,
         resume_data: raw.resume_data,
+        reply: raw.reply.map(|r| serde_json::from_str(&r)).transpose()?,
     })
 }
 
@@ -178,15 +310,16 @@ pub fn insert(conn: &Connection, task: &NewTask) -> Result<TaskRow, StoreError> 
     let t = now();
     exec(
         conn,
-        "INSERT INTO tasks (session, request, priority, state, grp, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+        "INSERT INTO tasks (session, request, priority, state, grp, created_at, updated_at, kind) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
         (
             &task.session,
-            serde_json::to_string(&task.request)?,
+            task.request.to_json()?,
             priority_rank(task.priority),
             task.state.name(),
-            task.request.group.as_deref(),
+            task.request.group(),
             t,
+            task.request.kind_name(),
         ),
     )?;
     let id = conn.last_insert_rowid() as u64;
@@ -348,6 +481,41 @@ pub fn set_finished(
     Ok(())
 }
 
+/// Records an upload's end: the bytes sent (when it succeeded), the URL that answered, and
+/// the reply (also `location`), if the server answered.
+pub fn set_uploaded(
+    conn: &Connection,
+    id: u64,
+    sent: Option<u64>,
+    current_url: Option<&str>,
+    reply: Option<&Reply>,
+) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "UPDATE tasks SET bytes_done = COALESCE(?2, bytes_done), \
+         bytes_total = COALESCE(?2, bytes_total), current_url = COALESCE(?3, current_url), \
+         location = ?4, reply = ?5 WHERE id = ?1",
+        (
+            to_i64(id),
+            sent.map(to_i64),
+            current_url,
+            reply.map(|r| r.location.as_str()),
+            reply.map(serde_json::to_string).transpose()?,
+        ),
+    )?;
+    Ok(())
+}
+
+/// Whether the session's journal still holds an event of the task.
+pub fn has_journaled(conn: &Connection, session: &str, id: u64) -> Result<bool, StoreError> {
+    Ok(row(
+        conn,
+        "SELECT EXISTS (SELECT 1 FROM journal WHERE session = ?1 AND task = ?2)",
+        (session, to_i64(id)),
+        |r| r.get(0),
+    )?)
+}
+
 /// The tasks of a group, in id order.
 pub fn group(conn: &Connection, session: &str, group: &str) -> Result<Vec<TaskRow>, StoreError> {
     query(
@@ -372,7 +540,7 @@ pub fn group_completion(conn: &Connection, id: u64) -> Result<Option<EventFrame>
     let Some(row) = get(conn, id)? else {
         return Ok(None);
     };
-    let Some(name) = row.request.group.as_deref() else {
+    let Some(name) = row.request.group() else {
         return Ok(None);
     };
     let members = group(conn, &row.session, name)?;
@@ -479,11 +647,11 @@ pub fn set_url(conn: &Connection, id: u64, url: &str) -> Result<(), StoreError> 
     let Some(mut task) = get(conn, id)? else {
         return Err(StoreError::NotFound(format!("there is no task {id}")));
     };
-    task.request.url = url.to_owned();
+    task.request.set_url(url);
     exec(
         conn,
         "UPDATE tasks SET request = ?2, current_url = NULL, updated_at = ?3 WHERE id = ?1",
-        (to_i64(id), serde_json::to_string(&task.request)?, now()),
+        (to_i64(id), task.request.to_json()?, now()),
     )?;
     if let Some(mut cp) = checkpoint(conn, id)? {
         url.clone_into(&mut cp.url);

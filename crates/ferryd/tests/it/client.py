@@ -2,9 +2,10 @@
 """A ferry protocol client written from docs/PROTOCOL.md alone, used by the daemon's tests
 to act as an application in another process (killed with SIGKILL, or run as another uid).
 
-usage: client.py SOCKET SESSION [URL DESTINATION]
-Attaches to SESSION, creates a download of URL to DESTINATION if given, prints every frame
-it receives as one JSON line, and keeps reading until the daemon closes the connection.
+usage: client.py SOCKET SESSION [URL DESTINATION | upload URL FILE RATE]
+Attaches to SESSION, creates a download of URL to DESTINATION, or an upload of FILE to URL
+at RATE bytes per second, if given, prints every frame it receives as one JSON line, and
+keeps reading until the daemon closes the connection.
 """
 import json
 import socket
@@ -44,7 +45,13 @@ def main():
     send(sock, {"frame": "hello", "protocol": 1, "client": "client.py"})
     send(sock, {"frame": "request", "id": 1,
                 "request": {"type": "attach", "session": session}})
-    if len(sys.argv) > 4:
+    if len(sys.argv) > 6 and sys.argv[3] == "upload":
+        send(sock, {"frame": "request", "id": 2,
+                    "request": {"type": "create_upload", "session": session,
+                                "request": {"url": sys.argv[4],
+                                            "body": {"type": "file", "path": sys.argv[5]},
+                                            "rate_limit": int(sys.argv[6])}}})
+    elif len(sys.argv) > 4:
         send(sock, {"frame": "request", "id": 2,
                     "request": {"type": "create_download", "session": session,
                                 "request": {"url": sys.argv[3], "destination": sys.argv[4]}}})

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ferry_proto::frame::{read_frame, write_frame};
 use ferry_proto::{
     ClientFrame, DownloadRequest, ErrorInfo, EventFrame, PROTOCOL_VERSION, Request, Response,
-    ServerFrame, SessionConfig, TaskInfo,
+    ServerFrame, SessionConfig, TaskInfo, UploadBody, UploadRequest,
 };
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -245,6 +245,23 @@ impl Client {
         }
     }
 
+    pub async fn create_upload(
+        &mut self,
+        session: &str,
+        request: UploadRequest,
+    ) -> Result<TaskInfo, ErrorInfo> {
+        match self
+            .request(Request::CreateUpload {
+                session: session.into(),
+                request,
+            })
+            .await?
+        {
+            Response::Task { task } => Ok(task),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Every task (following `next` through the pages).
     pub async fn tasks(&mut self, session: Option<&str>) -> Vec<TaskInfo> {
         let mut all = Vec::new();
@@ -342,6 +359,29 @@ pub fn download(url: String, dest: Option<&Path>) -> DownloadRequest {
         rate_limit: None,
         earliest_begin: None,
         start: true,
+    }
+}
+
+/// An upload of `body` to `url` with defaults.
+pub fn upload(url: String, body: UploadBody) -> UploadRequest {
+    UploadRequest {
+        url,
+        method: None,
+        body,
+        headers: Default::default(),
+        priority: None,
+        tag: None,
+        group: None,
+        rate_limit: None,
+        earliest_begin: None,
+        start: true,
+    }
+}
+
+/// A raw upload of the file at `path`.
+pub fn file_body(path: &Path) -> UploadBody {
+    UploadBody::File {
+        path: path.display().to_string(),
     }
 }
 

@@ -63,7 +63,8 @@ async fn completes_while_detached_then_replays_in_order_with_backlog_delivered()
             of_task[1].event,
             Event::Completed {
                 outcome: Outcome::Succeeded,
-                status: Some(200)
+                status: Some(200),
+                reply: None,
             }
         ));
     }
@@ -115,6 +116,7 @@ async fn unacknowledged_events_come_again_and_acks_cannot_skip_ahead() {
         Event::Completed {
             outcome: Outcome::Failed { error },
             status: Some(404),
+            reply: None,
         } => {
             assert_eq!(error.code, "http_status");
         }

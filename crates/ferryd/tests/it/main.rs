@@ -15,3 +15,4 @@ mod resume;
 mod retention;
 mod scheduling;
 mod tasks;
+mod uploads;
