@@ -53,6 +53,17 @@ pub enum Style {
     Silent,
 }
 
+impl Style {
+    /// The display `--json` and `-q` ask for: JSON is printed at the end, so nothing before.
+    pub fn of(json: bool, quiet: bool) -> Style {
+        match (json, quiet) {
+            (true, _) => Style::Silent,
+            (false, true) => Style::Quiet,
+            (false, false) => Style::Auto,
+        }
+    }
+}
+
 pub async fn follow(daemon: &Daemon, scope: Scope, style: Style) -> Result<Ending> {
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("while watching Ctrl-C")?;
@@ -170,9 +181,19 @@ pub fn exit_status(tasks: &[TaskInfo]) -> u8 {
     }
 }
 
-/// `3 succeeded /home/me/a.iso`, `4 failed HTTP 404 … [http_status]`.
+/// `3 succeeded /home/me/a.iso`, `4 failed HTTP 404 … [http_status]`,
+/// `5 succeeded HTTP 201 → https://example.com/up`.
 pub fn result_line(task: &TaskInfo) -> String {
     let state = task.state.name();
+    if let (
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded,
+        },
+        Some(reply),
+    ) = (&task.state, &task.reply)
+    {
+        return format!("{} {state} HTTP {} → {}", task.id, reply.status, task.url);
+    }
     match (&task.state, &task.error) {
         (
             TaskState::Completed {

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use ferry::TaskInfo;
+use ferry::{TaskInfo, TaskKind};
 use serde_json::{Value, json};
 
 /// `512 B`, `1.5 KiB`, `20.0 MiB` (binary units, as `ls -h` and curl use).
@@ -48,6 +48,9 @@ pub fn progress(done: u64, total: Option<u64>) -> String {
 
 /// Where a task's file is or will be.
 pub fn destination(task: &TaskInfo) -> String {
+    if task.kind == TaskKind::Upload {
+        return format!("→ {}", task.url);
+    }
     task.location
         .clone()
         .or_else(|| task.destination.clone())
@@ -65,7 +68,17 @@ pub fn task_json(task: &TaskInfo) -> Value {
         "bytes_done": task.bytes_done,
         "bytes_total": task.bytes_total,
         "bytes_per_second": task.bytes_per_second,
-        "destination": task.location.as_ref().or(task.destination.as_ref()),
+        "kind": task.kind,
+        "destination": match task.kind {
+            TaskKind::Upload => None,
+            TaskKind::Download => task.location.as_ref().or(task.destination.as_ref()),
+        },
+        "reply": task.reply.as_ref().map(|r| json!({
+            "status": r.status,
+            "headers": r.headers,
+            "file": r.location,
+            "bytes": r.bytes,
+        })),
         "error": task.error.as_ref().map(|e| json!({
             "code": e.code,
             "message": e.message,

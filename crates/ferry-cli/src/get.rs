@@ -112,39 +112,56 @@ pub async fn watch_until_done(
     json: bool,
     quiet: bool,
 ) -> Result<ExitCode> {
+    match watch(ids.clone(), session, Style::of(json, quiet)).await? {
+        Watched::Completed(done) => report(&done, json),
+        Watched::Interrupted => Ok(interrupted(&ids, session)),
+    }
+}
+
+/// How watching ended.
+pub enum Watched {
+    /// Every task completed; their final states.
+    Completed(Vec<ferry::TaskInfo>),
+    /// Ctrl-C: the command stops watching, the transfers go on.
+    Interrupted,
+}
+
+/// Shows the tasks' progress until they have all completed (or Ctrl-C).
+pub async fn watch(ids: Vec<ferry::TaskId>, session: &str, style: Style) -> Result<Watched> {
     let daemon = client::daemon(true).await?;
-    let style = match (json, quiet) {
-        (true, _) => Style::Silent,
-        (false, true) => Style::Quiet,
-        (false, false) => Style::Auto,
-    };
     let scope = Scope::Tasks {
-        ids: ids.clone(),
+        ids,
         session: Some(session.to_owned()),
     };
-    match follow::follow(&daemon, scope, style).await? {
-        Ending::Completed(done) => {
-            if json {
-                let list: Vec<_> = done.iter().map(format::task_json).collect();
-                client::print_json(&serde_json::Value::Array(list))?;
-            }
-            Ok(ExitCode::from(follow::exit_status(&done)))
-        }
-        Ending::Interrupted => {
-            let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
-            let session_flag = if session == client::DEFAULT_SESSION {
-                String::new()
-            } else {
-                format!(" --session {session}")
-            };
-            eprintln!(
-                "\nferry: detached; the downloads go on in ferryd.\n  \
-                 see them:  ferry ls{session_flag}\n  \
-                 wait:      ferry wait{session_flag} {list}"
-            );
-            Ok(ExitCode::from(exit::INTERRUPTED))
-        }
+    Ok(match follow::follow(&daemon, scope, style).await? {
+        Ending::Completed(done) => Watched::Completed(done),
+        Ending::Interrupted => Watched::Interrupted,
+    })
+}
+
+/// Prints the final states (with `--json`) and gives the exit status they mean.
+pub fn report(done: &[ferry::TaskInfo], json: bool) -> Result<ExitCode> {
+    if json {
+        let list: Vec<_> = done.iter().map(format::task_json).collect();
+        client::print_json(&serde_json::Value::Array(list))?;
     }
+    Ok(ExitCode::from(follow::exit_status(done)))
+}
+
+/// Says how to find the tasks again after Ctrl-C; the exit status for it.
+pub fn interrupted(ids: &[ferry::TaskId], session: &str) -> ExitCode {
+    let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+    let session_flag = if session == client::DEFAULT_SESSION {
+        String::new()
+    } else {
+        format!(" --session {session}")
+    };
+    eprintln!(
+        "\nferry: detached; the transfers go on in ferryd.\n  \
+         see them:  ferry ls{session_flag}\n  \
+         wait:      ferry wait{session_flag} {list}"
+    );
+    ExitCode::from(exit::INTERRUPTED)
 }
 
 fn jobs(args: &GetArgs) -> Result<Vec<Job>> {

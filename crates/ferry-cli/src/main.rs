@@ -1,8 +1,9 @@
 //! `ferry`: background downloads for people at a terminal.
 //!
 //! The command is a client of the `ferry` library like any other application: `ferry get`
-//! hands downloads to the per-user daemon `ferryd` (started if needed) and only watches
-//! them, so Ctrl-C or a closed terminal never stops a transfer. Its own tasks live in the
+//! (and `ferry put`, `ferry post-form` for uploads) hands transfers to the per-user daemon
+//! `ferryd` (started if needed) and only watches them, so Ctrl-C or a closed terminal never
+//! stops a transfer. Its own tasks live in the
 //! background session `ferry.cli`; every command takes `--session` to look at another.
 
 use std::process::ExitCode;
@@ -16,6 +17,7 @@ mod format;
 mod get;
 mod groups;
 mod input;
+mod put;
 mod sessions;
 mod tasks;
 
@@ -46,9 +48,9 @@ Environment:
   FERRY_HOME    where ferryd keeps its state (default: $XDG_STATE_HOME/ferry)
   FERRY_DAEMON  the ferryd program to start (default: next to ferry, then $PATH)";
 
-/// ferry — downloads that cannot be lost.
+/// ferry — downloads and uploads that cannot be lost.
 ///
-/// Downloads are handed to the per-user daemon ferryd, which owns them: they go on when
+/// Transfers are handed to the per-user daemon ferryd, which owns them: they go on when
 /// this command exits or the terminal closes, and survive a restart of the machine.
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about, long_about, after_help = EXIT_STATUSES)]
@@ -61,6 +63,11 @@ pub struct Cli {
 enum Command {
     /// Download URLs in the background and show their progress until they finish.
     Get(get::GetArgs),
+    /// Upload a file (PUT, or POST with -X post) in the background and show its progress
+    /// until it finishes.
+    Put(put::PutArgs),
+    /// Upload a multipart/form-data form (text fields and files) in the background.
+    PostForm(put::PostFormArgs),
     /// List tasks: id, state, progress, speed, size, destination, error.
     Ls(tasks::LsArgs),
     /// Show live progress of running tasks.
@@ -122,6 +129,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Get(args) => get::run(args).await,
+            Command::Put(args) => put::put(args).await,
+            Command::PostForm(args) => put::post_form(args).await,
             Command::Ls(args) => tasks::ls(args).await,
             Command::Watch(args) => tasks::watch(args).await,
             Command::Wait(args) => tasks::wait(args).await,

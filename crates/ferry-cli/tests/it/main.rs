@@ -12,6 +12,7 @@ use serde_json::Value;
 
 mod commands;
 mod get;
+mod put;
 
 /// A home, a working folder and an origin; the daemon the commands start is stopped on drop.
 struct Env {
