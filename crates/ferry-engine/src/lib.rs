@@ -54,8 +54,8 @@ pub use checkpoint::{Checkpoint, Segment, Validators};
 pub use checksum::{Algorithm, Checksum, Hasher};
 pub use client::{ClientConfig, ProxyConfig};
 pub use download::{
-    Destination, DownloadSpec, Downloaded, Engine, Event, Failure, MAX_REDIRECTS, Observer,
-    Redirect, parse_url,
+    DEFAULT_CHECKPOINT_BYTES, Destination, DownloadSpec, Downloaded, Engine, Event, Failure,
+    MAX_REDIRECTS, Observer, Redirect, parse_url,
 };
 pub use error::{Error, ErrorKind, display_chain};
 pub use progress::Progress;

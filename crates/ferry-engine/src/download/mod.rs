@@ -7,8 +7,9 @@
 //! 2. the answer's body streams into its segment; when ranges work and the file is large,
 //!    further connections claim unfinished segments or split the largest remaining one
 //!    (an idle connection takes work from the slowest);
-//! 3. a ticker syncs the staging file about once a [`DownloadSpec::checkpoint_interval`] and
-//!    hands the caller a [`Checkpoint`] that is durable;
+//! 3. a ticker syncs the staging file about once a [`DownloadSpec::checkpoint_interval`], or
+//!    sooner once [`DownloadSpec::checkpoint_bytes`] new bytes are there, and hands the
+//!    caller a [`Checkpoint`] that is durable;
 //! 4. a transient failure waits out the backoff (or `Retry-After`) and tries again from the
 //!    segment map; a permanent one returns [`Failure`] with the last checkpoint;
 //! 5. when every byte is there: sync, verify the checksum, and place the file atomically.
@@ -89,13 +90,19 @@ pub struct DownloadSpec {
     pub resource_timeout: Option<Duration>,
     /// Follow https → http redirects.
     pub allow_insecure_redirects: bool,
-    /// How often to sync and emit a [`Checkpoint`].
+    /// How often to sync and emit a [`Checkpoint`]…
     pub checkpoint_interval: Duration,
+    /// …or after how many new bytes, whichever comes first (a crash then loses at most
+    /// about this much of a fast transfer).
+    pub checkpoint_bytes: u64,
 }
+
+/// The default [`DownloadSpec::checkpoint_bytes`]: 16 MiB.
+pub const DEFAULT_CHECKPOINT_BYTES: u64 = 16 << 20;
 
 impl DownloadSpec {
     /// A spec with SPEC §4's defaults: one connection, request timeout 60 s, resource timeout
-    /// 7 days, checkpoints every second, exponential retry from 1 s to 10 min.
+    /// 7 days, checkpoints every second or 16 MiB, exponential retry from 1 s to 10 min.
     pub fn new(url: impl Into<String>, staging: PathBuf, destination: Destination) -> DownloadSpec {
         DownloadSpec {
             url: url.into(),
@@ -113,6 +120,7 @@ impl DownloadSpec {
             resource_timeout: Some(Duration::from_secs(7 * 24 * 3600)),
             allow_insecure_redirects: false,
             checkpoint_interval: Duration::from_secs(1),
+            checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
         }
     }
 }

@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use futures_util::future::try_join_all;
 use http::HeaderMap;
@@ -23,6 +25,9 @@ use crate::filename;
 use crate::progress::Progress;
 use crate::retry::parse_retry_after;
 use crate::staging::{self, Staging};
+
+/// How often the checkpoint ticker looks at the byte count (at most).
+const CHECKPOINT_LOOK: Duration = Duration::from_millis(50);
 
 /// What the transfer knows about the remote resource.
 #[derive(Debug, Clone)]
@@ -260,13 +265,24 @@ impl<'a> Transfer<'a> {
             hash.map(|inline| inline.or(followed))
         };
         // Polled side by side with the workers, so a slow fdatasync never stalls the bytes.
+        // A checkpoint is due once the interval has passed or `checkpoint_bytes` have arrived
+        // since the last one: the byte count is looked at a few times per interval rather
+        // than per chunk.
         let checkpoints = async {
-            let mut ticker = tokio::time::interval(self.spec.checkpoint_interval);
+            let interval = self.spec.checkpoint_interval;
+            let mut ticker = tokio::time::interval(interval.min(CHECKPOINT_LOOK));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticker.tick().await;
+            let (mut last_at, mut last_bytes) = (Instant::now(), self.map.bytes());
             loop {
                 ticker.tick().await;
-                self.emit_checkpoint().await;
+                let bytes = self.map.bytes();
+                if last_at.elapsed() >= interval
+                    || bytes.saturating_sub(last_bytes) >= self.spec.checkpoint_bytes
+                {
+                    self.emit_checkpoint().await;
+                    (last_at, last_bytes) = (Instant::now(), bytes);
+                }
             }
         };
         let hash = tokio::select! {

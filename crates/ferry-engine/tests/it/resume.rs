@@ -274,3 +274,39 @@ async fn known_size_is_preallocated() {
         "and its blocks are reserved, not sparse"
     );
 }
+
+/// A fast transfer checkpoints by volume too: with an interval that never comes, a
+/// checkpoint still follows every `checkpoint_bytes` (so a crash loses at most about that
+/// much), each one durable and further than the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_come_every_checkpoint_bytes_as_well_as_every_interval() {
+    use std::sync::Mutex;
+
+    let env = Env::new();
+    let mut spec = env.spec(&format!("/bytes/{N}?seed=26&rate=1000000"));
+    spec.checkpoint_interval = std::time::Duration::from_secs(3600);
+    spec.checkpoint_bytes = 256 * 1024;
+    let seen = Mutex::new(Vec::new());
+    let observer = |event: ferry_engine::Event<'_>| {
+        if let ferry_engine::Event::Checkpoint(cp) = event {
+            seen.lock().unwrap().push(cp.bytes());
+        }
+    };
+    env.engine
+        .download(
+            &spec,
+            &ferry_engine::Progress::default(),
+            &observer,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    let seen = seen.into_inner().unwrap();
+    // 2 MiB in steps of at least 256 KiB, the last before the end: 4 or more.
+    assert!(seen.len() >= 4, "{seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[1] >= w[0] + 256 * 1024),
+        "{seen:?}"
+    );
+    assert_eq!(ferry_engine::DEFAULT_CHECKPOINT_BYTES, 16 << 20);
+}

@@ -42,16 +42,16 @@ struct Finished {
 /// What the engine is to do.
 pub(super) enum Spec {
     /// A download or data task.
-    Download(DownloadSpec),
+    Download(Box<DownloadSpec>),
     /// An upload.
-    Upload(UploadSpec),
+    Upload(Box<UploadSpec>),
 }
 
 /// Runs the transfer to its end, sending coalesced progress meanwhile, then records the end.
 pub(super) async fn drive(shared: Arc<Shared>, id: TaskId, spec: Spec, run: Handles) {
     match spec {
-        Spec::Download(spec) => download(&shared, id, spec, &run).await,
-        Spec::Upload(spec) => upload(&shared, id, spec, &run).await,
+        Spec::Download(spec) => download(&shared, id, *spec, &run).await,
+        Spec::Upload(spec) => upload(&shared, id, *spec, &run).await,
     }
     run.ended.cancel();
     shared.wake.notify_one();

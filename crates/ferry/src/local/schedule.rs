@@ -151,8 +151,12 @@ impl Shared {
         };
         task.first_start.get_or_insert_with(Instant::now);
         let spec = match &task.kind {
-            Kind::Upload(upload) => self.upload_spec(id, task, upload).map(run::Spec::Upload),
-            Kind::Download | Kind::Data(_) => self.spec(id, task).map(run::Spec::Download),
+            Kind::Upload(upload) => self
+                .upload_spec(id, task, upload)
+                .map(|spec| run::Spec::Upload(Box::new(spec))),
+            Kind::Download | Kind::Data(_) => self
+                .spec(id, task)
+                .map(|spec| run::Spec::Download(Box::new(spec))),
         };
         let spec = match spec {
             Ok(spec) => spec,
