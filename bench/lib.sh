@@ -1,6 +1,6 @@
-# Shared by bench/download.sh and bench/daemon.sh: messages, tool installation, the scratch
-# folder, stopping processes by pid, and the machine description. Source it; it defines
-# functions and sets nothing else.
+# Shared by bench/download.sh, bench/daemon.sh and bench/upload.sh: messages, tool
+# installation, the scratch folder, stopping processes by pid, and the machine description.
+# Source it; it defines functions and sets nothing else.
 
 die() { echo "bench: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }

@@ -1,8 +1,9 @@
 //! Watching tasks until they complete: polling the daemon and drawing their progress.
 //!
 //! The command never attaches to a session (the application owning it may be attached,
-//! and two `ferry get`s may run at once in `ferry.cli`), so it reads task states four
-//! times a second instead of receiving events — cheap on a local socket.
+//! and two `ferry get`s may run at once in `ferry.cli`), so it reads task states — often at
+//! first, then four times a second, and again around the time a transfer should end at
+//! its current rate — instead of receiving events: cheap on a local socket.
 //!
 //! On a terminal: one bar per task and a total line, redrawn in place. Otherwise: plain
 //! lines, one when a task changes state and one a second while it transfers.
@@ -71,10 +72,12 @@ pub async fn follow(daemon: &Daemon, scope: Scope, style: Style) -> Result<Endin
     let mut done: BTreeMap<TaskId, TaskInfo> = BTreeMap::new();
     // Tasks seen unfinished: their completion is reported even when it falls between polls.
     let mut seen: HashSet<TaskId> = HashSet::new();
+    let mut backoff = Duration::ZERO;
     let mut pause = Duration::ZERO;
+    let mut ends = EndGuess::default();
     loop {
         tokio::select! {
-            () = tokio::time::sleep(pause) => pause = (pause * 2).clamp(FIRST_POLL, POLL),
+            () = tokio::time::sleep(pause) => {}
             _ = interrupt.recv() => {
                 display.clear();
                 return Ok(Ending::Interrupted);
@@ -93,6 +96,13 @@ pub async fn follow(daemon: &Daemon, scope: Scope, style: Style) -> Result<Endin
             .collect();
         seen.extend(open.iter().map(|t| t.id));
         display.update(&open, &done);
+        // Slow down while nothing is about to end, but look again when a transfer should
+        // have finished: its end is then seen within a poll or two, not up to `POLL` late.
+        backoff = (backoff * 2).clamp(FIRST_POLL, POLL);
+        pause = match ends.soonest(&open, Instant::now()) {
+            Some(eta) => backoff.min(eta.max(FIRST_POLL)),
+            None => backoff,
+        };
         let finished = match &scope {
             Scope::Tasks { ids, .. } => ids.iter().all(|id| done.contains_key(id)),
             Scope::Unfinished { .. } => open.is_empty(),
@@ -101,6 +111,36 @@ pub async fn follow(daemon: &Daemon, scope: Scope, style: Style) -> Result<Endin
             display.clear();
             return Ok(Ending::Completed(done.into_values().collect()));
         }
+    }
+}
+
+/// When the running tasks should end, from their byte counts at successive polls.
+#[derive(Default)]
+struct EndGuess {
+    last: HashMap<TaskId, (Instant, u64)>,
+}
+
+impl EndGuess {
+    /// Records this poll's counts; the shortest time until a task with a known size has all
+    /// its bytes at the rate seen since the previous poll.
+    fn soonest(&mut self, open: &[TaskInfo], now: Instant) -> Option<Duration> {
+        let mut soonest: Option<Duration> = None;
+        let mut last = HashMap::with_capacity(open.len());
+        for task in open {
+            if let (Some(total), Some(&(at, before))) = (task.bytes_total, self.last.get(&task.id))
+            {
+                let moved = task.bytes_done.saturating_sub(before);
+                let elapsed = now.duration_since(at).as_secs_f64();
+                if moved > 0 && elapsed > 0.0 {
+                    let left = total.saturating_sub(task.bytes_done) as f64;
+                    let eta = Duration::from_secs_f64(left * elapsed / moved as f64);
+                    soonest = Some(soonest.map_or(eta, |s| s.min(eta)));
+                }
+            }
+            last.insert(task.id, (now, task.bytes_done));
+        }
+        self.last = last;
+        soonest
     }
 }
 
@@ -397,5 +437,39 @@ impl Lines {
             // A closed pipe ends the command at the next result line.
             let _ = client::print(&out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: TaskId, done: u64, total: Option<u64>) -> TaskInfo {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "session": "s", "url": "http://h/f", "current_url": null,
+            "destination": null, "location": null, "state": "running",
+            "phase": "transferring", "bytes_done": done, "bytes_total": total,
+            "error": null, "tag": null, "priority": "normal"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_end_is_guessed_from_the_rate_between_polls() {
+        let mut ends = EndGuess::default();
+        let t0 = Instant::now();
+        // One poll tells nothing about the rate.
+        assert_eq!(ends.soonest(&[task(1, 0, Some(10_000))], t0), None);
+        // 1,000 bytes in 100 ms, 9,000 left: 0.9 s; the other task, of unknown size, none.
+        let later = t0 + Duration::from_millis(100);
+        let open = [task(1, 1_000, Some(10_000)), task(2, 500, None)];
+        let eta = ends.soonest(&open, later).unwrap();
+        assert!((eta.as_secs_f64() - 0.9).abs() < 1e-6, "{eta:?}");
+        // A stalled task gives no guess; a task seen for the first time neither.
+        let open = [task(1, 1_000, Some(10_000)), task(3, 10, Some(20))];
+        assert_eq!(
+            ends.soonest(&open, later + Duration::from_millis(100)),
+            None
+        );
     }
 }
