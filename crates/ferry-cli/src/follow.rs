@@ -133,8 +133,9 @@ impl EndGuess {
                 let elapsed = now.duration_since(at).as_secs_f64();
                 if moved > 0 && elapsed > 0.0 {
                     let left = total.saturating_sub(task.bytes_done) as f64;
-                    let eta = Duration::from_secs_f64(left * elapsed / moved as f64);
-                    soonest = Some(soonest.map_or(eta, |s| s.min(eta)));
+                    if let Ok(eta) = Duration::try_from_secs_f64(left * elapsed / moved as f64) {
+                        soonest = Some(soonest.map_or(eta, |s| s.min(eta)));
+                    }
                 }
             }
             last.insert(task.id, (now, task.bytes_done));

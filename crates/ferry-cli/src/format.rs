@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use ferry::{TaskInfo, TaskKind};
+use ferry::{Headers, TaskInfo, TaskKind};
 use serde_json::{Value, json};
 
 /// `512 B`, `1.5 KiB`, `20.0 MiB` (binary units, as `ls -h` and curl use).
@@ -73,9 +73,13 @@ pub fn task_json(task: &TaskInfo) -> Value {
             TaskKind::Upload => None,
             TaskKind::Download => task.location.as_ref().or(task.destination.as_ref()),
         },
+        // A reply's cookies are secrets: never printed (SPEC §14).
         "reply": task.reply.as_ref().map(|r| json!({
             "status": r.status,
-            "headers": r.headers,
+            "headers": r.headers.iter().map(|(k, v)| {
+                let shown = if Headers::is_secret(k) { "***" } else { v.as_str() };
+                (k.as_str(), shown)
+            }).collect::<Vec<_>>(),
             "file": r.location,
             "bytes": r.bytes,
         })),
@@ -140,6 +144,27 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_uploads_json_names_its_reply_and_hides_its_cookies() {
+        let task: TaskInfo = serde_json::from_value(json!({
+            "id": 4, "session": "s", "url": "http://h/up", "current_url": null,
+            "destination": null, "location": "/home/r/4.reply",
+            "state": "completed", "outcome": "succeeded", "bytes_done": 10, "bytes_total": 10,
+            "error": null, "tag": null, "priority": "normal", "kind": "upload",
+            "reply": {"status": 201, "location": "/home/r/4.reply", "bytes": 2,
+                      "headers": [["set-cookie", "session=s3cret"], ["etag", "\"x\""]]}
+        }))
+        .unwrap();
+        let shown = task_json(&task);
+        assert_eq!(shown["kind"], "upload");
+        assert_eq!(shown["destination"], Value::Null);
+        assert_eq!(shown["reply"]["file"], "/home/r/4.reply");
+        assert_eq!(shown["reply"]["headers"][0], json!(["set-cookie", "***"]));
+        assert_eq!(shown["reply"]["headers"][1], json!(["etag", "\"x\""]));
+        assert!(!shown.to_string().contains("s3cret"));
+        assert_eq!(destination(&task), "→ http://h/up");
+    }
 
     #[test]
     fn sizes_rates_and_durations_read_like_people_write_them() {

@@ -63,6 +63,6 @@ pub use rate::{Limits, RateLimiter};
 pub use retry::RetryPolicy;
 pub use staging::Conflict;
 pub use upload::{
-    DEFAULT_MAX_REPLY_BYTES, MultipartFile, ServerReply, UploadBody, UploadFailure, UploadMethod,
-    UploadSpec, Uploaded,
+    DEFAULT_MAX_REPLY_BYTES, MultipartFile, ServerReply, SourceIdentity, UploadBody, UploadFailure,
+    UploadMethod, UploadSpec, Uploaded,
 };

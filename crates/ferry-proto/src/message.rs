@@ -446,11 +446,17 @@ pub enum Conflict {
 pub struct Headers(pub Vec<(String, String)>);
 
 impl Headers {
-    /// Whether a header name carries a secret that must never be logged or echoed.
+    /// Whether a header name carries a secret that must never be logged or echoed (a
+    /// server's `Set-Cookie` included, as it may come in an upload's reply).
     pub fn is_secret(name: &str) -> bool {
-        ["authorization", "cookie", "proxy-authorization"]
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(name))
+        [
+            "authorization",
+            "cookie",
+            "proxy-authorization",
+            "set-cookie",
+        ]
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(name))
     }
 }
 

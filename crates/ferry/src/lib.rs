@@ -222,9 +222,9 @@ pub use daemon_handle::{Daemon, DaemonBuilder, DaemonStatus};
 pub use error::{Error, ErrorKind};
 pub use event::{Event, EventKind, Events};
 pub use ferry_proto::{
-    CancelReason, Conflict, ErrorInfo, FormField, FormFile, GroupInfo, Outcome, OutcomeKind,
-    Priority, Reply, RunPhase, SessionConfig, SessionInfo, TaskId, TaskInfo, TaskKind, TaskState,
-    UploadMethod,
+    CancelReason, Conflict, ErrorInfo, FormField, FormFile, GroupInfo, Headers, Outcome,
+    OutcomeKind, Priority, Reply, RunPhase, SessionConfig, SessionInfo, TaskId, TaskInfo, TaskKind,
+    TaskState, UploadMethod,
 };
 pub use futures_util::Stream;
 pub use group::Group;

@@ -11,6 +11,8 @@ use ferry_proto::{
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
+use ferry_engine::SourceIdentity;
+
 use crate::home::{Layout, valid_session_id};
 use crate::hub::{ConnectionId, Hub};
 use crate::resume::Keeper;
@@ -234,7 +236,7 @@ async fn ack(ctx: &Context, session: String, seq: u64) -> Result<Response, Error
         })?;
     // An inbox file has served its purpose once its event is acknowledged: a download's
     // with `finished_downloading`, an upload's reply with `completed`.
-    let inbox = ctx.layout.root.join("inbox");
+    let (inbox, replies) = (ctx.layout.root.join("inbox"), ctx.layout.replies());
     for event in acked {
         let location = match event {
             Event::FinishedDownloading { location } => location,
@@ -243,24 +245,26 @@ async fn ack(ctx: &Context, session: String, seq: u64) -> Result<Response, Error
             } => reply.location,
             _ => continue,
         };
-        if Path::new(&location).starts_with(&inbox) {
-            let _ = std::fs::remove_file(&location);
+        let location = Path::new(&location);
+        if location.starts_with(&inbox) || location.starts_with(&replies) {
+            let _ = std::fs::remove_file(location);
         }
     }
     Ok(Response::Done)
 }
 
-/// Checks a request of either kind.
-fn validate_task(request: &TaskRequest) -> Result<(), ErrorInfo> {
+/// Checks a request of either kind; for an upload, returns its files' identities.
+fn validate_task(request: &TaskRequest) -> Result<Option<Vec<SourceIdentity>>, ErrorInfo> {
     match request {
-        TaskRequest::Download(r) => validate(r),
-        TaskRequest::Upload(r) => validate_upload(r),
+        TaskRequest::Download(r) => validate(r).map(|()| None),
+        TaskRequest::Upload(r) => validate_upload(r).map(Some),
     }
 }
 
 /// The checks of an upload, the source files included: they must exist and be readable
 /// regular files now, so that a typo fails here rather than in a task that runs later.
-fn validate_upload(request: &UploadRequest) -> Result<(), ErrorInfo> {
+/// Returns the files' identities: every run checks that they are still these versions.
+fn validate_upload(request: &UploadRequest) -> Result<Vec<SourceIdentity>, ErrorInfo> {
     ferry_engine::parse_url(&request.url).map_err(|e| scheduler::error_info(&e))?;
     if let UploadBody::Multipart { fields, files } = &request.body
         && fields.is_empty()
@@ -347,8 +351,8 @@ async fn create(
     request: TaskRequest,
 ) -> Result<Response, ErrorInfo> {
     check_session(&session)?;
-    validate_task(&request)?;
-    let row = insert_tasks(ctx, session, vec![request])
+    let sources = validate_task(&request)?;
+    let row = insert_tasks(ctx, session, vec![(request, sources)])
         .await?
         .pop()
         .ok_or_else(|| ErrorInfo::new("internal", "the task was not created"))?;
@@ -368,18 +372,22 @@ async fn create_many(
             e
         })?;
     }
-    let requests = requests.into_iter().map(TaskRequest::Download).collect();
+    let requests = requests
+        .into_iter()
+        .map(|r| (TaskRequest::Download(r), None))
+        .collect();
     let rows = insert_tasks(ctx, session, requests).await?;
     Ok(Response::Created {
         ids: rows.iter().map(|r| r.id).collect(),
     })
 }
 
-/// Inserts validated requests into the session (created if needed) in one transaction.
+/// Inserts validated requests (with an upload's source identities) into the session
+/// (created if needed) in one transaction.
 async fn insert_tasks(
     ctx: &Context,
     session: String,
-    requests: Vec<TaskRequest>,
+    requests: Vec<(TaskRequest, Option<Vec<SourceIdentity>>)>,
 ) -> Result<Vec<TaskRow>, ErrorInfo> {
     let rows = ctx
         .store
@@ -388,12 +396,13 @@ async fn insert_tasks(
             refuse_if_invalidating(c, &session)?;
             let config = sessions::config(c, &session)?.unwrap_or_default();
             let mut rows = Vec::with_capacity(requests.len());
-            for request in requests {
+            for (request, sources) in requests {
                 let task = NewTask {
                     priority: request.priority().unwrap_or(config.priority),
                     state: initial_state(request.start()),
                     session: session.clone(),
                     request,
+                    sources,
                 };
                 rows.push(tasks::insert(c, &task)?);
             }
@@ -649,6 +658,7 @@ async fn from_resume_data(
                     state: initial_state(true),
                     session,
                     request: TaskRequest::Download(request),
+                    sources: None,
                 },
             )?;
             // The kept bytes become the new task's staging file; the blob is now used up.

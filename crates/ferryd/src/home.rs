@@ -8,6 +8,7 @@
 //!   ferryd.sock             0600  the protocol socket
 //!   staging/<task>.part     bytes of unfinished downloads
 //!   inbox/<session>/        finished downloads without a destination
+//!   replies/<task>.reply    the reply to an upload, until its `completed` is acknowledged
 //!   resume/<id>.part        kept bytes of resume data, reclaimed after the retention period
 //!   logs/launch-<session>.log (+ .1)  launch command output, rotated at 1 MiB
 //! ```
@@ -66,6 +67,17 @@ impl Layout {
         self.root.join("staging").join(format!("{task}.part"))
     }
 
+    /// The server's reply to upload `task`: a folder of its own, so that no name a server
+    /// gives an inbox download can meet it.
+    pub fn reply(&self, task: u64) -> PathBuf {
+        self.replies().join(format!("{task}.reply"))
+    }
+
+    /// The folder of upload replies.
+    pub fn replies(&self) -> PathBuf {
+        self.root.join("replies")
+    }
+
     /// The inbox of a session (its id was validated by [`valid_session_id`]).
     pub fn inbox(&self, session: &str) -> PathBuf {
         self.root.join("inbox").join(session)
@@ -82,6 +94,7 @@ impl Layout {
             .with_context(|| format!("while restricting {}", self.root.display()))?;
         private_dir(&self.root.join("staging"))?;
         private_dir(&self.root.join("inbox"))?;
+        private_dir(&self.replies())?;
 
         let path = self.lock_file();
         let mut lock = OpenOptions::new()

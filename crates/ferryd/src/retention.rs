@@ -7,7 +7,10 @@
 //!   `create_from_resume_data` ([`Keeper::reclaim`](crate::resume::Keeper::reclaim)); their
 //!   resume data is then refused with `invalid_resume_data`, saying they expired;
 //! - forgets completed tasks that completed more than `P` ago and have no unacknowledged
-//!   event, as `remove` does without `delete_file` (a placed file stays where it is).
+//!   event, as `remove` does without `delete_file` (a placed file stays where it is);
+//! - deletes upload replies nothing names any more: no unfinished task, no task row holding
+//!   it, no unacknowledged event of its task (a crash between an acknowledgement and the
+//!   deletion it causes, say).
 //!
 //! A failing sweep is logged and tried again at the next one; it never stops the daemon.
 
@@ -93,5 +96,39 @@ pub async fn sweep(ctx: &Context, period: Duration) {
             tasks = forgotten,
             "forgot completed tasks past the retention period"
         );
+    }
+    sweep_replies(ctx).await;
+}
+
+/// Deletes the reply files of `replies/` that no task or event names.
+async fn sweep_replies(ctx: &Context) {
+    let (store, folder) = (ctx.store.clone(), ctx.layout.replies());
+    let swept = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
+        let mut deleted = 0;
+        for entry in std::fs::read_dir(&folder)? {
+            let path = entry?.path();
+            let Some(task) = path
+                .file_name()
+                .and_then(|n| n.to_str()?.strip_suffix(".reply")?.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            match store.read(|c| tasks::reply_in_use(c, task)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    std::fs::remove_file(&path)?;
+                    deleted += 1;
+                }
+                Err(e) => tracing::warn!(task, error = %e, "cannot tell whether a reply is used"),
+            }
+        }
+        Ok(deleted)
+    })
+    .await;
+    match swept {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(files = n, "deleted replies nothing names"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot sweep the replies"),
+        Err(e) => tracing::error!(error = %e, "the reply sweep stopped"),
     }
 }

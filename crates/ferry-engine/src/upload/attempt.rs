@@ -137,7 +137,10 @@ impl<'a> Upload<'a> {
     async fn attempt(&mut self) -> Result<Uploaded, Error> {
         self.reply = None;
         match &self.sources {
-            None => self.sources = Some(Sources::record(&self.source_paths()).await?),
+            None => {
+                let expected = self.spec.sources.as_deref();
+                self.sources = Some(Sources::record(&self.source_paths(), expected).await?);
+            }
             Some(sources) => sources.check().await?,
         }
         let mut headers = self.spec.headers.clone();
@@ -243,9 +246,10 @@ impl<'a> Upload<'a> {
         };
         match &self.spec.body {
             UploadBody::File(path) => {
-                let len = sources.get(0).map_or(0, |(_, id)| id.len);
                 let file = sources.open(0).await?;
-                let source = body::file_stream(file, path.clone(), len, slot.clone())
+                let recorded = sources.identity(0)?;
+                let len = recorded.len;
+                let source = body::file_stream(file, path.clone(), recorded, slot.clone())
                     .map_err(BoxError::from)
                     .boxed();
                 let request = builder
@@ -261,8 +265,7 @@ impl<'a> Upload<'a> {
             UploadBody::Multipart { fields, files } => {
                 let mut opened = Vec::with_capacity(files.len());
                 for (index, file) in files.iter().enumerate() {
-                    let len = sources.get(index).map_or(0, |(_, id)| id.len);
-                    opened.push((file, sources.open(index).await?, len));
+                    opened.push((file, sources.open(index).await?, sources.identity(index)?));
                 }
                 let form = body::form(fields, opened, slot)?;
                 let mut request = builder.multipart(form).build().map_err(build_error)?;

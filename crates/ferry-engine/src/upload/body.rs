@@ -47,24 +47,62 @@ pub(super) fn validate(body: &UploadBody) -> Result<(), Error> {
                 file.field
             )));
         }
+        // A line break in a part's header would let the name write headers of its own.
+        let name = part_file_name(file);
+        if name.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "file name {name:?} of multipart field {:?} contains a control character",
+                file.field
+            )));
+        }
     }
     Ok(())
 }
 
-/// What identifies one version of a file: a change in any of these means other bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Identity {
+/// The `filename` a part announces: the one given, else the path's last component.
+fn part_file_name(file: &MultipartFile) -> String {
+    file.file_name.clone().unwrap_or_else(|| {
+        file.path
+            .file_name()
+            .map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned())
+    })
+}
+
+/// What identifies one version of a source file: a change in any of these may mean other
+/// bytes. The status change time (`ctime`) is there because a program can set the
+/// modification time back after writing (`touch -r`, `rsync -t`), but not the ctime.
+///
+/// [`UploadBody::check`] returns one per file when an upload is created; kept (it is
+/// serde-able) and given back as [`UploadSpec::sources`](super::UploadSpec::sources), it
+/// makes every later run fail with `source_changed` if a file changed meanwhile — while the
+/// task waited, was paused, or the daemon restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceIdentity {
     pub(super) len: u64,
     modified: Option<SystemTime>,
+    changed: (i64, i64),
     dev: u64,
     ino: u64,
 }
 
-impl Identity {
-    fn of(meta: &std::fs::Metadata) -> Identity {
+pub(super) type Identity = SourceIdentity;
+
+impl SourceIdentity {
+    /// The file's length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file was empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(super) fn of(meta: &std::fs::Metadata) -> Identity {
         Identity {
             len: meta.len(),
             modified: meta.modified().ok(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
             dev: meta.dev(),
             ino: meta.ino(),
         }
@@ -81,6 +119,8 @@ impl Identity {
             ))
         } else if self.modified != before.modified {
             Some("its modification time changed".into())
+        } else if self.changed != before.changed {
+            Some("it was written to or its attributes changed (ctime)".into())
         } else {
             None
         }
@@ -104,9 +144,14 @@ pub(super) struct Sources {
 impl Sources {
     /// Records the files' identities; a missing or unreadable file, or one that is not a
     /// regular file, is an `io` error naming it.
-    pub(super) async fn record(paths: &[&Path]) -> Result<Sources, Error> {
+    /// With `expected` (the identities recorded when the upload was created), a file that
+    /// is no longer that version fails with `source_changed`.
+    pub(super) async fn record(
+        paths: &[&Path],
+        expected: Option<&[SourceIdentity]>,
+    ) -> Result<Sources, Error> {
         let mut files = Vec::with_capacity(paths.len());
-        for &path in paths {
+        for (index, &path) in paths.iter().enumerate() {
             let meta = tokio::fs::metadata(path)
                 .await
                 .map_err(|e| Error::io("read", path, e))?;
@@ -117,18 +162,31 @@ impl Sources {
                     io::Error::other("it is not a regular file"),
                 ));
             }
+            let identity = Identity::of(&meta);
+            if let Some(change) = expected
+                .and_then(|e| e.get(index))
+                .and_then(|before| identity.change_since(before))
+            {
+                return Err(changed(
+                    path,
+                    format!("{change} since the upload was created"),
+                ));
+            }
             // Readable now, so a later failure to open means something changed.
             tokio::fs::File::open(path)
                 .await
                 .map_err(|e| Error::io("open", path, e))?;
-            files.push((path.to_owned(), Identity::of(&meta)));
+            files.push((path.to_owned(), identity));
         }
         Ok(Sources { files })
     }
 
     /// The identity recorded for file number `index`.
-    pub(super) fn get(&self, index: usize) -> Option<&(PathBuf, Identity)> {
-        self.files.get(index)
+    pub(super) fn identity(&self, index: usize) -> Result<Identity, Error> {
+        self.files
+            .get(index)
+            .map(|(_, identity)| *identity)
+            .ok_or_else(|| invalid(format!("no source file number {index}")))
     }
 
     /// Fails with `source_changed` if any file is not the one first seen.
@@ -190,33 +248,29 @@ impl ErrorSlot {
 
 /// Reads one file from the start, checking it yields exactly its recorded length.
 ///
-/// The last chunk is held back until the file is checked once more (no byte beyond the
-/// recorded length, the same size and modification time as when it was opened): a file
-/// changed while it was sent then never reaches the server whole, so the server cannot
-/// take a mix of two versions for a complete upload.
+/// The last chunk is held back until the file is checked once more against the identity
+/// recorded for the upload (no byte beyond the recorded length, the same size, modification
+/// and status change times): a file changed while it was sent then never reaches the server
+/// whole, so the server cannot take a mix of two versions for a complete upload.
 struct Reader {
     file: tokio::fs::File,
     path: PathBuf,
-    len: u64,
+    recorded: Identity,
     pos: u64,
-    /// The modification time when reading began.
-    modified: Option<Option<SystemTime>>,
 }
 
 impl Reader {
     async fn next(&mut self) -> Result<Option<Bytes>, Error> {
-        if self.modified.is_none() {
-            self.modified = Some(self.metadata().await?.modified().ok());
-        }
-        if self.pos >= self.len {
+        let len = self.recorded.len;
+        if self.pos >= len {
             // An empty file: nothing held back, but it is checked all the same.
-            if self.len == 0 && self.pos == 0 {
+            if len == 0 && self.pos == 0 {
                 self.pos = 1;
                 self.check_unchanged().await?;
             }
             return Ok(None);
         }
-        let want = usize::try_from(self.len - self.pos)
+        let want = usize::try_from(len - self.pos)
             .unwrap_or(usize::MAX)
             .min(CHUNK);
         let mut buf = BytesMut::with_capacity(want);
@@ -228,29 +282,19 @@ impl Reader {
         if n == 0 {
             return Err(changed(
                 &self.path,
-                format!(
-                    "it shrank to {} of {} bytes while being sent",
-                    self.pos, self.len
-                ),
+                format!("it shrank to {} of {len} bytes while being sent", self.pos),
             ));
         }
         buf.truncate(want);
         self.pos += buf.len() as u64;
-        if self.pos >= self.len {
+        if self.pos >= len {
             self.check_unchanged().await?;
         }
         Ok(Some(buf.freeze()))
     }
 
-    async fn metadata(&self) -> Result<std::fs::Metadata, Error> {
-        self.file
-            .metadata()
-            .await
-            .map_err(|e| Error::io("read", &self.path, e))
-    }
-
-    /// Exactly the recorded length was read: a further byte, another size or another
-    /// modification time mean the file changed while it was sent.
+    /// Exactly the recorded length was read: a further byte, or another identity, mean the
+    /// file changed while it was sent.
     async fn check_unchanged(&mut self) -> Result<(), Error> {
         let mut probe = [0u8; 1];
         let n = self
@@ -261,27 +305,21 @@ impl Reader {
         if n > 0 {
             return Err(changed(
                 &self.path,
-                format!("it grew beyond {} bytes while being sent", self.len),
-            ));
-        }
-        let meta = self.metadata().await?;
-        if meta.len() != self.len {
-            return Err(changed(
-                &self.path,
                 format!(
-                    "its size went from {} to {} bytes while being sent",
-                    self.len,
-                    meta.len()
+                    "it grew beyond {} bytes while being sent",
+                    self.recorded.len
                 ),
             ));
         }
-        if Some(meta.modified().ok()) != self.modified {
-            return Err(changed(
-                &self.path,
-                "its modification time changed while being sent".into(),
-            ));
+        let meta = self
+            .file
+            .metadata()
+            .await
+            .map_err(|e| Error::io("read", &self.path, e))?;
+        match Identity::of(&meta).change_since(&self.recorded) {
+            Some(change) => Err(changed(&self.path, format!("{change} while being sent"))),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -290,15 +328,14 @@ impl Reader {
 pub(super) fn file_stream(
     file: tokio::fs::File,
     path: PathBuf,
-    len: u64,
+    recorded: Identity,
     slot: ErrorSlot,
 ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
     let reader = Reader {
         file,
         path,
-        len,
+        recorded,
         pos: 0,
-        modified: None,
     };
     futures_util::stream::unfold(Some((reader, slot)), |state| async move {
         let (mut reader, slot) = state?;
@@ -318,7 +355,7 @@ pub(super) fn file_stream(
 /// computes the body's `Content-Length`.
 pub(super) fn form(
     fields: &[(String, String)],
-    files: Vec<(&MultipartFile, tokio::fs::File, u64)>,
+    files: Vec<(&MultipartFile, tokio::fs::File, Identity)>,
     slot: &ErrorSlot,
 ) -> Result<reqwest::multipart::Form, Error> {
     // Names are validated (no quote, no control character), so they go out as written;
@@ -327,30 +364,30 @@ pub(super) fn form(
     for (name, value) in fields {
         form = form.text(name.clone(), value.clone());
     }
-    for (spec, file, len) in files {
-        let stream = file_stream(file, spec.path.clone(), len, slot.clone());
-        let file_name = spec.file_name.clone().unwrap_or_else(|| {
-            spec.path
-                .file_name()
-                .map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned())
-        });
+    for (spec, file, recorded) in files {
+        let len = recorded.len;
+        let stream = file_stream(file, spec.path.clone(), recorded, slot.clone());
         let content_type = spec
             .content_type
             .as_deref()
             .unwrap_or("application/octet-stream");
+        // Set as a header value (validated when the upload was checked), not parsed as a
+        // MIME type: what was accepted then is sent as given.
+        let value = http::HeaderValue::from_str(content_type).map_err(|e| {
+            Error::with_source(
+                ErrorKind::InvalidUpload(format!(
+                    "content type {content_type:?} of multipart field {:?}",
+                    spec.field
+                )),
+                e,
+            )
+        })?;
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, value);
         let part =
             reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), len)
-                .file_name(file_name)
-                .mime_str(content_type)
-                .map_err(|e| {
-                    Error::with_source(
-                        ErrorKind::InvalidUpload(format!(
-                            "content type {content_type:?} of multipart field {:?}",
-                            spec.field
-                        )),
-                        e,
-                    )
-                })?;
+                .file_name(part_file_name(spec))
+                .headers(headers);
         form = form.part(spec.field.clone(), part);
     }
     Ok(form)

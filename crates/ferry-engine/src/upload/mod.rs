@@ -38,6 +38,7 @@ use crate::progress::Progress;
 use crate::rate::Limits;
 use crate::retry::RetryPolicy;
 use attempt::Upload;
+pub use body::SourceIdentity;
 
 /// The longest server reply kept by default: 16 MiB.
 pub const DEFAULT_MAX_REPLY_BYTES: u64 = 16 << 20;
@@ -87,14 +88,16 @@ impl UploadBody {
         }
     }
 
-    /// What can be checked before an upload is queued: multipart field names and content
-    /// types, and that every source file exists, is a regular file and can be opened.
+    /// What can be checked before an upload is queued: multipart field names, file names
+    /// and content types, and that every source file exists, is a regular file and can be
+    /// opened. Returns each file's identity, in order, to keep as [`UploadSpec::sources`].
     ///
     /// # Errors
     /// `invalid_upload` for a bad name or content type; `io` naming a file that is missing,
     /// not a regular file, or unreadable.
-    pub fn check(&self) -> Result<(), Error> {
+    pub fn check(&self) -> Result<Vec<SourceIdentity>, Error> {
         body::validate(self)?;
+        let mut identities = Vec::new();
         for path in self.paths() {
             let meta = std::fs::metadata(path).map_err(|e| Error::io("read", path, e))?;
             if !meta.is_file() {
@@ -105,8 +108,9 @@ impl UploadBody {
                 ));
             }
             std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+            identities.push(SourceIdentity::of(&meta));
         }
-        Ok(())
+        Ok(identities)
     }
 }
 
@@ -164,6 +168,10 @@ pub struct UploadSpec {
     pub resource_timeout: Option<Duration>,
     /// Follow https → http redirects.
     pub allow_insecure_redirects: bool,
+    /// The source files' identities when the upload was created ([`UploadBody::check`]):
+    /// a file that is another version at the first attempt fails with `source_changed`.
+    /// `None`: the first attempt's view is the reference.
+    pub sources: Option<Vec<SourceIdentity>>,
 }
 
 impl UploadSpec {
@@ -187,6 +195,7 @@ impl UploadSpec {
             request_timeout: Duration::from_secs(60),
             resource_timeout: Some(Duration::from_secs(7 * 24 * 3600)),
             allow_insecure_redirects: false,
+            sources: None,
         }
     }
 }

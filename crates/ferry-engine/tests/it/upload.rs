@@ -429,10 +429,7 @@ async fn a_file_changed_while_it_is_sent_fails_with_source_changed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_rewritten_or_grown_while_sent_never_reaches_the_server_whole() {
     let env = Env::new();
-    for (name, change, says) in [
-        ("rewritten", 0u8, "modification time"),
-        ("grown", 1u8, "grew"),
-    ] {
+    for (name, change, says) in [("rewritten", 0u8, "ctime"), ("grown", 1u8, "grew")] {
         let data = content(9, 1024 * 1024);
         let file = env.source(name, &data);
         let mut spec = env.upload_spec(&format!("/upload/{name}"), UploadBody::File(file.clone()));
@@ -445,12 +442,13 @@ async fn a_file_rewritten_or_grown_while_sent_never_reaches_the_server_whole() {
                 use std::io::{Seek, SeekFrom, Write};
                 let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
                 if change == 0 {
-                    // The tail, not read yet, gets other bytes; the size stays.
+                    // The tail, not read yet, gets other bytes; the size stays, and the
+                    // modification time is set back as `touch -r` would: only the ctime
+                    // tells.
+                    let mtime = f.metadata().unwrap().modified().unwrap();
                     f.seek(SeekFrom::Start(900_000)).unwrap();
                     f.write_all(&[0xAB; 1000]).unwrap();
-                    // The write's mtime may equal the open's at coarse timestamps: move it.
-                    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
-                        .unwrap();
+                    f.set_modified(mtime).unwrap();
                 } else {
                     f.seek(SeekFrom::End(0)).unwrap();
                     f.write_all(b"more").unwrap();
@@ -471,6 +469,73 @@ async fn a_file_rewritten_or_grown_while_sent_never_reaches_the_server_whole() {
         );
         assert!(env.server.upload(name).is_none(), "{name}: nothing stored");
     }
+}
+
+/// In a form, a later file rewritten while an earlier one is being sent is checked against
+/// the identity recorded when the attempt began, not against what it is when its turn comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_form_file_changed_before_its_turn_fails_the_upload() {
+    let env = Env::new();
+    let first = env.source("first.bin", &content(10, 1024 * 1024));
+    let second = env.source("second.bin", &content(11, 100_000));
+    let body = UploadBody::Multipart {
+        fields: vec![],
+        files: vec![
+            MultipartFile::new("first", first),
+            MultipartFile::new("second", second.clone()),
+        ],
+    };
+    let mut spec = env.upload_spec("/upload/pair", body);
+    spec.limits = Limits::none().with(RateLimiter::new(2 * 1024 * 1024));
+    let progress = Arc::new(Progress::default());
+    let changer = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            wait_until(|| progress.received() >= 100_000).await;
+            std::fs::write(&second, content(12, 100_000)).unwrap();
+        })
+    };
+    let failure = env
+        .engine
+        .upload(&spec, &progress, &(), &CancellationToken::new())
+        .await
+        .unwrap_err();
+    changer.await.unwrap();
+    assert_eq!(failure.error.kind().code(), "source_changed");
+    assert!(
+        failure.error.to_string().contains("second.bin"),
+        "{}",
+        failure.error
+    );
+    assert!(env.server.upload("pair").is_none(), "nothing stored");
+}
+
+/// A file name with a line break would write part headers of its own: refused up front,
+/// as is a content type that is not a header value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn form_file_names_and_types_that_break_headers_are_refused() {
+    let env = Env::new();
+    let file = env.source("ok.bin", b"data");
+    let mut named = MultipartFile::new("f", file.clone());
+    named.file_name = Some("a\r\nX-Evil: 1".into());
+    let body = UploadBody::Multipart {
+        fields: vec![],
+        files: vec![named],
+    };
+    assert_eq!(body.check().unwrap_err().kind().code(), "invalid_upload");
+    let mut typed = MultipartFile::new("f", file);
+    typed.content_type = Some("text/plain\nX: y".into());
+    let body = UploadBody::Multipart {
+        fields: vec![],
+        files: vec![typed],
+    };
+    let failure = env
+        .upload(&env.upload_spec("/upload/t", body))
+        .await
+        .0
+        .unwrap_err();
+    assert_eq!(failure.error.kind().code(), "invalid_upload");
+    assert!(env.upload_requests().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,8 +168,10 @@ impl Shared {
         remove_quietly(&self.folder.staging(id));
         if let Some(task) = task.filter(|_| delete_file) {
             let succeeded = task.info.state == completed(OutcomeKind::Succeeded);
+            // An upload's reply goes whatever the outcome (a refusal keeps one too).
+            let reply = task.info.reply.map(|r| PathBuf::from(r.location));
             let placed = task.info.location.filter(|_| succeeded).map(PathBuf::from);
-            for path in placed.into_iter().chain(task.kept) {
+            for path in placed.into_iter().chain(reply).chain(task.kept) {
                 remove_quietly(&path);
             }
         }

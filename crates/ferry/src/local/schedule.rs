@@ -260,6 +260,7 @@ impl Shared {
         spec.limits = self.limits(task);
         spec.request_timeout = self.request_timeout();
         spec.resource_timeout = Some(self.resource_timeout_left(task));
+        spec.sources = Some(upload.sources.clone());
         Ok(spec)
     }
 

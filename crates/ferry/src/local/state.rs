@@ -420,6 +420,8 @@ pub(super) enum Kind {
 pub(super) struct Upload {
     pub(super) method: ferry_engine::UploadMethod,
     pub(super) body: ferry_engine::UploadBody,
+    /// The source files as they were when the task was created: every run checks them.
+    pub(super) sources: Vec<ferry_engine::SourceIdentity>,
 }
 
 /// A data task's body.

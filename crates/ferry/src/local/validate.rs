@@ -81,12 +81,16 @@ pub(super) fn upload(request: &UploadRequest) -> Result<Upload, ErrorInfo> {
             }
         }
     };
-    body.check().map_err(|e| error_info(&e))?;
+    let sources = body.check().map_err(|e| error_info(&e))?;
     let method = match request.effective_method() {
         UploadMethod::Put => ferry_engine::UploadMethod::Put,
         UploadMethod::Post => ferry_engine::UploadMethod::Post,
     };
-    Ok(Upload { method, body })
+    Ok(Upload {
+        method,
+        body,
+        sources,
+    })
 }
 
 /// What every kind of task may carry: a tag, a group, headers.

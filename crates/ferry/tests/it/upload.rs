@@ -430,3 +430,39 @@ async fn a_relative_path_is_taken_from_the_current_folder() {
         std::fs::read("Cargo.toml").unwrap()
     );
 }
+
+both!(a_file_changed_before_its_upload_runs_fails_source_changed);
+/// The file is checked against what it was when the task was created, not only against
+/// what the run first sees: a task created suspended whose file is rewritten meanwhile fails.
+async fn a_file_changed_before_its_upload_runs_fails_source_changed(kind: Kind) {
+    let server = TestServer::start().unwrap();
+    let s = Subject::open(kind, |b| b).await;
+    let path = s.file("notes.txt");
+    std::fs::write(&path, content(2, 0, 20_000)).unwrap();
+    let mut events = s.session.events().unwrap();
+    let task = s
+        .session
+        .upload(&path, server.url("/upload/notes"))
+        .create()
+        .await
+        .unwrap();
+    // Same size, other bytes; the modification time set back, as `touch -r` would.
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, content(3, 0, 20_000)).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    task.start().await.unwrap();
+    let (completed, _, _) = completion(&mut events, task.id()).await;
+    let e = completed.result().unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SourceChanged, "{e}");
+    assert!(
+        e.to_string().contains("since the upload was created"),
+        "{e}"
+    );
+    assert!(server.upload("notes").is_none());
+    assert!(server.requests().is_empty(), "nothing was sent");
+}

@@ -92,6 +92,8 @@ impl Scheduler {
                 .await?;
             if moved {
                 let _ = std::fs::remove_file(self.layout.staging(task));
+                // An upload stopped after a failed attempt may have left its reply.
+                super::upload::discard_reply(&self.layout.reply(task));
                 return Ok(true);
             }
             if !self.running().contains_key(&task) {

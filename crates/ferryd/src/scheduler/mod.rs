@@ -738,6 +738,7 @@ mod tests {
                 let task = NewTask {
                     session: "s".into(),
                     request: TaskRequest::Download(request),
+                    sources: None,
                     priority: Priority::Normal,
                     state: WAITING,
                 };

@@ -1,10 +1,12 @@
 //! Upload runs: the engine's spec from the stored request, and how a run's end is recorded.
 //!
 //! An upload has no checkpoint: every run sends the body from byte zero, so pausing it
-//! (suspend, shutdown, preemption) only moves it back to `suspended` or `waiting`. The server's
-//! reply is written to the session's inbox (`upload-<id>.reply`), synced, and named in the
-//! task's row and its `completed` event; it stays until that event is acknowledged (or, in a
-//! session without a journal, until the task is removed).
+//! (suspend, shutdown, preemption) only moves it back to `suspended` or `waiting`, and drops
+//! whatever reply an earlier attempt left. The server's final reply is written to
+//! `replies/<id>.reply` (a folder of its own: no name a server gives an inbox download can
+//! meet it), synced, and named in the task's row and its `completed` event; it stays until
+//! that event is acknowledged (or, in a session without a journal, until the task is
+//! removed). A reply file nothing names any more is removed by the retention sweep.
 
 use std::path::{Path, PathBuf};
 
@@ -48,7 +50,7 @@ fn reply_info(status: u16, headers: Vec<(String, String)>, path: &Path, bytes: u
     }
 }
 
-/// Makes a reply file and its name in the inbox durable before an event announces it.
+/// Makes a reply file and its name in its folder durable before an event announces it.
 async fn sync_reply(path: PathBuf) {
     let synced = tokio::task::spawn_blocking(move || {
         std::fs::File::open(&path)?.sync_all()?;
@@ -63,14 +65,16 @@ async fn sync_reply(path: PathBuf) {
     }
 }
 
-impl Scheduler {
-    /// Where task `id`'s reply goes.
-    pub(super) fn reply_path(&self, session: &str, id: u64) -> PathBuf {
-        self.layout
-            .inbox(session)
-            .join(format!("upload-{id}.reply"))
+/// Removes what an attempt left of a reply that no event will name.
+pub(super) fn discard_reply(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(error = %e, path = %path.display(), "could not remove a reply"),
     }
+}
 
+impl Scheduler {
     pub(super) fn upload_spec(
         &self,
         row: &TaskRow,
@@ -78,17 +82,10 @@ impl Scheduler {
         config: &SessionConfig,
         spent_secs: u64,
     ) -> Result<UploadSpec, ErrorInfo> {
-        let inbox = self.layout.inbox(&row.session);
-        std::fs::create_dir_all(&inbox).map_err(|e| {
-            ErrorInfo::new(
-                "io",
-                format!("cannot create the inbox {}: {e}", inbox.display()),
-            )
-        })?;
         let mut spec = UploadSpec::new(
             &request.url,
             engine_body(&request.body),
-            self.reply_path(&row.session, row.id),
+            self.layout.reply(row.id),
         );
         spec.method = match request.effective_method() {
             UploadMethod::Put => ferry_engine::UploadMethod::Put,
@@ -99,6 +96,7 @@ impl Scheduler {
         spec.request_timeout = Duration::from_secs(config.request_timeout_secs.max(1));
         let left = config.resource_timeout_secs.saturating_sub(spent_secs);
         spec.resource_timeout = Some(Duration::from_secs(left).max(Duration::from_millis(1)));
+        spec.sources = row.sources.clone();
         Ok(spec)
     }
 
@@ -123,7 +121,10 @@ impl Scheduler {
             UploadEnd::Failed(UploadFailure {
                 reply: Some(reply), ..
             }) => sync_reply(reply.path.clone()).await,
-            _ => {}
+            // A stopped run's reply (an earlier attempt's 503, say) is nobody's: the next
+            // run starts over, and a cancelled task names no reply.
+            UploadEnd::Stopped(_) => discard_reply(&self.layout.reply(id)),
+            UploadEnd::Failed(_) => {}
         }
         let keeper = self.keeper.clone();
         let staging = self.layout.staging(id);

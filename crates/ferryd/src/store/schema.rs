@@ -88,9 +88,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "#,
     // 9: upload tasks. `request` holds the JSON of the kind's request
     // (ferry_proto::DownloadRequest or UploadRequest); `reply` the server's answer to an
-    // upload (JSON of ferry_proto::Reply).
+    // upload (JSON of ferry_proto::Reply); `sources` the identities of an upload's files when
+    // it was created (JSON of a list of ferry_engine::SourceIdentity).
     r#"
     ALTER TABLE tasks ADD COLUMN kind TEXT NOT NULL DEFAULT 'download';
     ALTER TABLE tasks ADD COLUMN reply TEXT;
+    ALTER TABLE tasks ADD COLUMN sources TEXT;
     "#,
 ];

@@ -139,6 +139,8 @@ pub struct NewTask {
     pub session: String,
     /// What to do.
     pub request: TaskRequest,
+    /// An upload's source files as they were when it was created.
+    pub sources: Option<Vec<ferry_engine::SourceIdentity>>,
     /// Its priority.
     pub priority: Priority,
     /// `suspended` or `waiting`.
@@ -172,6 +174,8 @@ pub struct TaskRow {
     pub resume_data: Option<String>,
     /// The server's answer to an upload.
     pub reply: Option<Reply>,
+    /// An upload's source files as they were when it was created.
+    pub sources: Option<Vec<ferry_engine::SourceIdentity>>,
 }
 
 impl TaskRow {
@@ -200,7 +204,7 @@ impl TaskRow {
 }
 
 const COLUMNS: &str = "id, session, request, priority, state, error, bytes_done, bytes_total, current_url, location, \
-     resume_data, kind, reply";
+     resume_data, kind, reply, sources";
 
 fn priority_rank(p: Priority) -> i64 {
     match p {
@@ -254,6 +258,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(TaskRowRaw, String, Option<Strin
             resume_data: row.get(10)?,
             kind: row.get(11)?,
             reply: row.get(12)?,
+            sources: row.get(13)?,
         },
         row.get(2)?,
         row.get(5)?,
@@ -272,6 +277,7 @@ struct TaskRowRaw {
     resume_data: Option<String>,
     kind: String,
     reply: Option<String>,
+    sources: Option<String>,
 }
 
 fn decode(
@@ -292,6 +298,7 @@ fn decode(
         location: raw.location,
         resume_data: raw.resume_data,
         reply: raw.reply.map(|r| serde_json::from_str(&r)).transpose()?,
+        sources: raw.sources.map(|s| serde_json::from_str(&s)).transpose()?,
     })
 }
 
@@ -310,8 +317,8 @@ pub fn insert(conn: &Connection, task: &NewTask) -> Result<TaskRow, StoreError> 
     let t = now();
     exec(
         conn,
-        "INSERT INTO tasks (session, request, priority, state, grp, created_at, updated_at, kind) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+        "INSERT INTO tasks (session, request, priority, state, grp, created_at, updated_at, kind, \
+         sources) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
         (
             &task.session,
             task.request.to_json()?,
@@ -320,6 +327,10 @@ pub fn insert(conn: &Connection, task: &NewTask) -> Result<TaskRow, StoreError> 
             task.request.group(),
             t,
             task.request.kind_name(),
+            task.sources
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?,
         ),
     )?;
     let id = conn.last_insert_rowid() as u64;
@@ -504,6 +515,19 @@ pub fn set_uploaded(
         ),
     )?;
     Ok(())
+}
+
+/// Whether upload `id`'s reply file may still be needed: the task is unfinished (a run may be
+/// writing it), its row names a reply, or an event of it awaits acknowledgement.
+pub fn reply_in_use(conn: &Connection, id: u64) -> Result<bool, StoreError> {
+    Ok(row(
+        conn,
+        "SELECT EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND (reply IS NOT NULL \
+             OR state NOT IN ('succeeded', 'failed', 'cancelled'))) \
+         OR EXISTS (SELECT 1 FROM journal WHERE task = ?1)",
+        [to_i64(id)],
+        |r| r.get(0),
+    )?)
 }
 
 /// Whether the session's journal still holds an event of the task.

@@ -64,11 +64,10 @@ async fn an_upload_completes_unattended_and_its_reply_waits_until_acknowledged()
     let reply = done.reply.clone().expect("the reply is on the task");
     assert_eq!(reply.status, 201);
     assert_eq!(done.location.as_deref(), Some(reply.location.as_str()));
-    assert!(
-        reply
-            .location
-            .starts_with(daemon.home.join("inbox").to_str().unwrap()),
-        "{reply:?}"
+    // Replies have a folder of their own: no inbox download can take their name.
+    assert_eq!(
+        Path::new(&reply.location),
+        daemon.home.join(format!("replies/{}.reply", created.id))
     );
     assert_eq!(json_of(&reply.location)["sha256"], sha256(&data));
     assert_eq!(
@@ -444,4 +443,59 @@ async fn client_killed_mid_upload_the_upload_continues() {
         ),
         "{completed:?}"
     );
+}
+
+/// An upload cancelled while it waits to retry after a 503 leaves no reply behind, and a
+/// reply file nothing names is deleted by the sweep when the daemon starts; a reply still
+/// named by its task stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reply_file_outlives_what_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let home = dir.path().join("home");
+    let mut daemon = Daemon::start(&home).await;
+    let source = dir.path().join("f.bin");
+    write(&source, &content(49, 0, 10_000));
+    let mut c = daemon.client().await;
+    let busy = upload(
+        server.url("/upload/busy?status=503&retry_after=60"),
+        file_body(&source),
+    );
+    let task = c.create_upload("s", busy).await.unwrap();
+    let waiting = daemon.home.join(format!("replies/{}.reply", task.id));
+    let socket = daemon.socket();
+    wait_until(|| {
+        let socket = socket.clone();
+        async move {
+            let t = Client::connect(&socket).await.task(task.id).await;
+            t.state.name() == "retry_wait"
+        }
+    })
+    .await;
+    assert!(waiting.exists(), "the 503's reply is there while it waits");
+    c.request(ferry_proto::Request::Cancel { task: task.id })
+        .await
+        .unwrap();
+    let done = wait_completed(&mut c, task.id).await;
+    assert_eq!(done.reply, None);
+    assert!(!waiting.exists(), "the 503's reply went with the cancel");
+
+    let kept = c
+        .create_upload("s", upload(server.url("/upload/ok"), file_body(&source)))
+        .await
+        .unwrap();
+    let kept = wait_completed(&mut c, kept.id).await.reply.unwrap();
+    daemon.terminate();
+    let orphan = daemon.home.join("replies/999999.reply");
+    write(&orphan, b"left by a crash");
+    drop(c);
+    let daemon = Daemon::start(&home).await;
+    let mut c = daemon.client().await;
+    wait_until(|| {
+        let orphan = orphan.clone();
+        async move { !orphan.exists() }
+    })
+    .await;
+    assert!(Path::new(&kept.location).exists(), "a named reply stays");
+    assert_eq!(c.tasks(None).await.len(), 2);
 }
