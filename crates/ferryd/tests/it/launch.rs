@@ -141,3 +141,47 @@ async fn a_user_terminated_session_is_not_launched() {
         launches(&killed_log)
     );
 }
+
+/// An upload finished while its application was away wakes it as a download does; the
+/// relaunched application finds the reply named in `completed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_finished_unattended_runs_the_launch_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let log = dir.path().join("launched.log");
+    let source = dir.path().join("report.pdf");
+    std::fs::write(&source, b"%PDF-1.7 a small report").unwrap();
+
+    let mut app = daemon.client().await;
+    app.attach_with("com.example.up", recorder(&log), false)
+        .await
+        .unwrap();
+    app.request(Request::Detach {
+        session: "com.example.up".into(),
+    })
+    .await
+    .unwrap();
+    let request = crate::fixture::upload(
+        server.url("/upload/report"),
+        crate::fixture::file_body(&source),
+    );
+    let task = app.create_upload("com.example.up", request).await.unwrap();
+    wait_completed(&mut app, task.id).await;
+    drop(app);
+
+    wait_for_launches(&log, 1).await;
+    let mut app = daemon.client().await;
+    assert_eq!(
+        app.attach_with("com.example.up", recorder(&log), false)
+            .await
+            .unwrap(),
+        1
+    );
+    match app.next_journaled().await.event {
+        ferry_proto::Event::Completed {
+            reply: Some(reply), ..
+        } => assert!(Path::new(&reply.location).exists(), "{reply:?}"),
+        other => panic!("{other:?}"),
+    }
+}
