@@ -9,11 +9,13 @@
 //! so a caller that reports its file after `sync` returns still reports a durable file.
 //!
 //! Files that are about to arrive are announced ([`FolderSyncer::announce`], when a transfer
-//! starts syncing its data): a round's leader waits for the announced files of its folder to
-//! join — at most [`GATHER`] — so files finishing together share one sync instead of each
-//! starting its own. A lone file is not announced by anyone else and pays one sync at once.
+//! starts syncing its data): a round's leader waits for the files announced for its folder
+//! before it began leading to join — at most [`GATHER`] — so files finishing together share
+//! one sync instead of each starting its own; files announced while it gathers join the next
+//! round, so a steady stream of files does not hold every leader for the whole `GATHER`. A
+//! lone file is not announced by anyone else and pays one sync at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -35,10 +37,41 @@ struct Round {
 struct FolderState {
     /// Whether a sync of this folder is running (or its leader is gathering).
     running: bool,
-    /// Files announced for this folder that have not joined a round yet.
-    arriving: usize,
+    /// Files announced for this folder that have not joined a round yet, by the epoch they
+    /// were announced in.
+    arriving: BTreeMap<u64, usize>,
+    /// The epoch announcements get now. A leader that starts gathering closes it and waits
+    /// only for the files announced before: one announced later joins the next round, so a
+    /// steady stream of files cannot keep a leader waiting for the whole gathering time.
+    epoch: u64,
+    /// Whether a leader is gathering (waiting for announced files).
+    gathering: bool,
     /// The round that starts when the running one ends (joined by callers meanwhile).
     next: Option<Arc<Round>>,
+}
+
+impl FolderState {
+    /// An announced file of `epoch` joined or was withdrawn. Returns whether a gathering
+    /// leader may now stop waiting (it waits for nothing else).
+    fn arrived(&mut self, epoch: u64) -> bool {
+        if let Some(n) = self.arriving.get_mut(&epoch) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.arriving.remove(&epoch);
+            }
+        }
+        self.gathering && epoch < self.epoch && !self.awaits(self.epoch)
+    }
+
+    /// Whether files announced before `epoch` have yet to join.
+    fn awaits(&self, epoch: u64) -> bool {
+        self.arriving.range(..epoch).next().is_some()
+    }
+
+    /// Nothing runs, nobody waits, nothing is announced: the entry can go.
+    fn idle(&self) -> bool {
+        !self.running && self.next.is_none() && self.arriving.is_empty()
+    }
 }
 
 /// How a folder is synced (the real one opens and `fsync`s it; tests count and block).
@@ -83,10 +116,12 @@ impl FolderSyncer {
     /// value is passed to [`FolderSyncer::sync`] or dropped.
     pub(crate) fn announce(self: &Arc<Self>, dir: &Path) -> Announcement {
         let mut folders = self.folders.lock().unwrap_or_else(PoisonError::into_inner);
-        folders.entry(dir.to_owned()).or_default().arriving += 1;
+        let state = folders.entry(dir.to_owned()).or_default();
+        *state.arriving.entry(state.epoch).or_default() += 1;
         Announcement {
             syncer: self.clone(),
             dir: dir.to_owned(),
+            epoch: state.epoch,
             joined: false,
         }
     }
@@ -102,10 +137,11 @@ impl FolderSyncer {
         let round = {
             let state = folders.entry(dir.to_owned()).or_default();
             if let Some(mut a) = announced {
-                state.arriving = state.arriving.saturating_sub(1);
                 a.joined = true; // counted here: its drop has nothing left to do
-                // A leader may be waiting for this file.
-                self.changed.notify_all();
+                // A leader may be waiting for this file (woken only when it was the last).
+                if state.arrived(a.epoch) {
+                    self.changed.notify_all();
+                }
             }
             state.next.get_or_insert_with(Arc::default).clone()
         };
@@ -120,12 +156,16 @@ impl FolderSyncer {
                 // join it, then sync; it covers every caller that joined it by then, all of
                 // which made their change before joining.
                 state.running = true;
+                state.gathering = true;
+                state.epoch += 1;
+                let awaited = state.epoch;
                 let deadline = Instant::now() + self.gather;
                 loop {
                     let state = folders.entry(dir.to_owned()).or_default();
                     let now = Instant::now();
-                    if state.arriving == 0 || now >= deadline {
+                    if !state.awaits(awaited) || now >= deadline {
                         state.next = None;
+                        state.gathering = false;
                         break;
                     }
                     folders = self
@@ -140,7 +180,7 @@ impl FolderSyncer {
                 folders = self.folders.lock().unwrap_or_else(PoisonError::into_inner);
                 let state = folders.entry(dir.to_owned()).or_default();
                 state.running = false;
-                if state.next.is_none() && state.arriving == 0 {
+                if state.idle() {
                     folders.remove(dir);
                 }
                 drop(folders);
@@ -160,6 +200,8 @@ impl FolderSyncer {
 pub(crate) struct Announcement {
     syncer: Arc<FolderSyncer>,
     dir: PathBuf,
+    /// The folder's epoch when it was announced.
+    epoch: u64,
     joined: bool,
 }
 
@@ -173,14 +215,17 @@ impl Drop for Announcement {
             .folders
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let mut wake = false;
         if let Some(state) = folders.get_mut(&self.dir) {
-            state.arriving = state.arriving.saturating_sub(1);
-            if !state.running && state.next.is_none() && state.arriving == 0 {
+            wake = state.arrived(self.epoch);
+            if state.idle() {
                 folders.remove(&self.dir);
             }
         }
         drop(folders);
-        self.syncer.changed.notify_all();
+        if wake {
+            self.syncer.changed.notify_all();
+        }
     }
 }
 
@@ -328,6 +373,36 @@ mod tests {
         syncer.sync(&dir, Some(b)).unwrap();
         leader.join().unwrap();
         assert_eq!(count.load(Ordering::SeqCst), 1, "a and b shared one sync");
+        assert!(syncer.folders.lock().unwrap().is_empty());
+    }
+
+    /// A leader waits for the files announced before it began gathering, not for one
+    /// announced while it gathers: that one joins the next round. (Were it awaited, this test
+    /// would hang for the ten minutes of gathering time.)
+    #[test]
+    fn a_leader_does_not_wait_for_files_announced_while_it_gathers() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let syncs = count.clone();
+        let syncer = Arc::new(FolderSyncer::with(Duration::from_secs(600), move |_| {
+            syncs.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }));
+        let dir = PathBuf::from("/d");
+        let (a, b) = (syncer.announce(&dir), syncer.announce(&dir));
+        let leader = {
+            let (syncer, dir) = (syncer.clone(), dir.clone());
+            std::thread::spawn(move || syncer.sync(&dir, Some(a)).unwrap())
+        };
+        while !syncer.folders.lock().unwrap()[&dir].gathering {
+            std::thread::yield_now();
+        }
+        let late = syncer.announce(&dir);
+        syncer.sync(&dir, Some(b)).unwrap();
+        leader.join().unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), 1, "a and b shared one sync");
+        // The late file is placed alone: nothing announced before it, no one to wait for.
+        syncer.sync(&dir, Some(late)).unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), 2);
         assert!(syncer.folders.lock().unwrap().is_empty());
     }
 }

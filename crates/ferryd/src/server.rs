@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ferry_proto::frame::{FrameError, read_frame, write_frame};
 use ferry_proto::{ClientFrame, ErrorInfo, PROTOCOL_VERSION, Request, ServerFrame};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -79,34 +80,32 @@ async fn serve(stream: UnixStream, connection: u64, uid: u32, ctx: Arc<Context>)
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerFrame>();
     let outbound = tokio::spawn(async move {
         let mut delivered: HashMap<String, u64> = HashMap::new();
-        while let Some(frame) = rx.recv().await {
-            if let ServerFrame::Event(e) = &frame
-                && let Some(seq) = e.seq
-            {
-                // The same journaled event can come from the replay and from live delivery.
-                let last = delivered.entry(e.session.clone()).or_insert(0);
-                if seq <= *last {
-                    continue;
+        let mut batch: Vec<u8> = Vec::new();
+        while let Some(first) = rx.recv().await {
+            // The frames queued by now go out in one write: the events a commit published
+            // together reach the client together, with one wake-up on each side.
+            let mut next = Some(first);
+            let mut closing = false;
+            while let Some(frame) = next.take() {
+                if !is_duplicate(&mut delivered, &frame) {
+                    // A frame that cannot be encoded closes the connection, as an error
+                    // frame without an id does once written.
+                    let encoded = encode(&mut batch, &frame).await;
+                    closing = !encoded || matches!(&frame, ServerFrame::Error { id: None, .. });
                 }
-                *last = seq;
+                if closing || batch.len() >= BATCH_BYTES {
+                    break;
+                }
+                next = rx.try_recv().ok();
             }
-            let closing = matches!(&frame, ServerFrame::Error { id: None, .. });
-            let written = match write_frame(&mut writer, &frame).await {
-                // An answer too big for a frame becomes an error the client can act on.
-                Err(FrameError::TooLarge(len)) => {
-                    let id = match &frame {
-                        ServerFrame::Response { id, .. } => Some(*id),
-                        _ => None,
-                    };
-                    let error = ErrorInfo::new(
-                        "response_too_large",
-                        format!("the answer would take {len} bytes, more than a frame holds"),
-                    );
-                    write_frame(&mut writer, &ServerFrame::Error { id, error }).await
+            if !batch.is_empty() {
+                let written = writer.write_all(&batch).await;
+                batch.clear();
+                if written.is_err() {
+                    break;
                 }
-                other => other,
-            };
-            if written.is_err() || closing {
+            }
+            if closing {
                 break;
             }
         }
@@ -167,6 +166,48 @@ async fn serve(stream: UnixStream, connection: u64, uid: u32, ctx: Arc<Context>)
         ctx.stop.cancel();
     } else {
         let _ = outbound.await;
+    }
+}
+
+/// Bytes of frames gathered into one write at most (a frame is never split).
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Whether `frame` is a journaled event this connection has already been sent (the same
+/// event can come from the replay and from live delivery); records it otherwise.
+fn is_duplicate(delivered: &mut HashMap<String, u64>, frame: &ServerFrame) -> bool {
+    if let ServerFrame::Event(e) = frame
+        && let Some(seq) = e.seq
+    {
+        let last = delivered.entry(e.session.clone()).or_insert(0);
+        if seq <= *last {
+            return true;
+        }
+        *last = seq;
+    }
+    false
+}
+
+/// Appends `frame` to `batch`; an answer too big for a frame becomes an error the client can
+/// act on. False if nothing could be encoded.
+async fn encode(batch: &mut Vec<u8>, frame: &ServerFrame) -> bool {
+    // Nothing is appended unless the whole frame is: the size is checked before any byte,
+    // and writing into a `Vec` does not fail.
+    match write_frame(batch, frame).await {
+        Ok(()) => true,
+        Err(FrameError::TooLarge(len)) => {
+            let id = match frame {
+                ServerFrame::Response { id, .. } => Some(*id),
+                _ => None,
+            };
+            let error = ErrorInfo::new(
+                "response_too_large",
+                format!("the answer would take {len} bytes, more than a frame holds"),
+            );
+            write_frame(batch, &ServerFrame::Error { id, error })
+                .await
+                .is_ok()
+        }
+        Err(_) => false,
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,13 @@ impl Default for SchedulerConfig {
 /// Waiting tasks read per session and round.
 const WAITING_PER_SESSION: usize = 64;
 
+/// Waiting tasks read per session beyond the free slots in a round's first, short read.
+const SHORT_READ_EXTRA: usize = 4;
+
+/// A round that read at most this many waiting tasks is short enough to read the next one on
+/// the loop's own task instead of the blocking pool.
+const INLINE_ROUND_ROWS: usize = 4 * WAITING_PER_SESSION;
+
 /// Why a running task is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -113,6 +121,13 @@ struct Running {
     rate: RateSampler,
     /// Cancelled when the task's end has been recorded.
     finished: CancellationToken,
+    /// The engine has returned and the run's end is being recorded: the run no longer counts
+    /// against the limits (a waiting task may take its place), but a stop still finds it and
+    /// waits for `finished`.
+    ending: bool,
+    /// An upload: never paused for a task of a higher class, since a paused upload keeps
+    /// nothing and would send its whole body again (a stream of urgent tasks could starve it).
+    upload: bool,
 }
 
 /// A running task's live numbers.
@@ -138,6 +153,8 @@ pub struct Scheduler {
     global_limit: RateLimiter,
     wake: Notify,
     keeper: Keeper,
+    /// Waiting tasks the last round read.
+    last_round: AtomicUsize,
 }
 
 /// A control request could not be carried out.
@@ -176,6 +193,7 @@ impl Scheduler {
             running: Mutex::new(HashMap::new()),
             session_limits: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            last_round: AtomicUsize::new(0),
         }
     }
 
@@ -323,45 +341,109 @@ impl Scheduler {
     /// Starts what the limits allow, highest priority first, then oldest. A task held back by
     /// the daemon-wide or its session's limit while a lower class runs in that scope pauses
     /// the lowest such task (which waits again, with its checkpoint) — one per round.
+    ///
+    /// Most rounds can start a task or two (one has just ended): they read only a few more
+    /// waiting tasks per session than there are free slots. When that read was cut short and
+    /// the round met a task it could not start for another reason than a full slot count
+    /// (not due yet, a group or host limit, a discretionary task, a possible preemption), the
+    /// tasks behind it might have mattered: the round is planned again from the full read
+    /// ([`WAITING_PER_SESSION`]), so its outcome is the full read's.
     async fn schedule(self: &Arc<Self>) -> Result<(), StoreError> {
-        let store = self.store.clone();
-        let (mut candidates, configs) = tokio::task::spawn_blocking(move || {
-            store.read(|c| {
-                let sessions = sessions::all(c)?;
-                // A few more than can start from each session: a deep queue in one session
-                // costs nothing here and cannot hide another session's tasks.
-                let mut waiting = Vec::new();
-                for (id, _) in &sessions {
-                    waiting.extend(tasks::waiting(c, id, WAITING_PER_SESSION)?);
-                }
-                Ok((waiting, sessions))
-            })
-        })
-        .await
-        .map_err(|e| StoreError::Unusable(e.to_string()))??;
+        let mut load = Load::default();
+        let mut lowest_running = None;
+        for r in self.running().values().filter(|r| !r.ending) {
+            load.add(&r.session, r.group.as_deref(), &r.host);
+            lowest_running =
+                Some(lowest_running.map_or(r.priority, |p: Priority| p.min(r.priority)));
+        }
+        let free = self.config.max_running.saturating_sub(load.total);
+        let short = (free + SHORT_READ_EXTRA).min(WAITING_PER_SESSION);
+        let (candidates, configs, cut) = self.read_round(short).await?;
+        let mut plan = self.plan(candidates, &configs, load.clone(), lowest_running);
+        if cut && plan.doubtful {
+            let (candidates, configs, _) = self.read_round(WAITING_PER_SESSION).await?;
+            plan = self.plan(candidates, &configs, load, lowest_running);
+        }
+        if let Some(victim) = plan.victim {
+            self.preempt(victim);
+        }
+        // Started together, their first writes share a commit.
+        let starting = plan
+            .starts
+            .into_iter()
+            .map(|(row, config, host)| self.start(row, config, host));
+        for started in futures_util::future::join_all(starting).await {
+            started?;
+        }
+        Ok(())
+    }
+
+    /// Reads every session and up to `limit` of each one's next waiting tasks; also says
+    /// whether a session had more than that (the read was cut short).
+    async fn read_round(
+        &self,
+        limit: usize,
+    ) -> Result<(Vec<TaskRow>, HashMap<String, SessionConfig>, bool), StoreError> {
+        let round = move |c: &rusqlite::Connection| {
+            let sessions = sessions::all(c)?;
+            // A few more than can start from each session: a deep queue in one session
+            // costs nothing here and cannot hide another session's tasks.
+            let mut waiting = Vec::new();
+            let mut cut = false;
+            for (id, _) in &sessions {
+                let rows = tasks::waiting(c, id, limit)?;
+                cut |= rows.len() >= limit && limit < WAITING_PER_SESSION;
+                waiting.extend(rows);
+            }
+            Ok((waiting, sessions, cut))
+        };
+        // A small round is read here, saving two thread hand-offs; a large one (many
+        // sessions), or one that would wait for another read, on the blocking pool.
+        let small = self.last_round.load(Ordering::Relaxed) <= INLINE_ROUND_ROWS;
+        let read = if small {
+            self.store.try_read(round)
+        } else {
+            Err(round)
+        };
+        let (candidates, configs, cut) = match read {
+            Ok(read) => read?,
+            Err(round) => {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.read(round))
+                    .await
+                    .map_err(|e| StoreError::Unusable(e.to_string()))??
+            }
+        };
+        self.last_round.store(candidates.len(), Ordering::Relaxed);
+        Ok((candidates, configs.into_iter().collect(), cut))
+    }
+
+    /// Decides which of `candidates` start and which running task (if any) is paused for
+    /// them, given the `load` of the runs that hold a slot and the lowest priority among them.
+    fn plan(
+        &self,
+        mut candidates: Vec<TaskRow>,
+        configs: &HashMap<String, SessionConfig>,
+        mut load: Load,
+        lowest_running: Option<Priority>,
+    ) -> Plan {
         candidates.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.id));
-        let configs: HashMap<String, SessionConfig> = configs.into_iter().collect();
         let now = crate::store::now();
         let due = |row: &TaskRow| row.request.earliest_begin().is_none_or(|t| t <= now);
         // Discretionary (low) tasks wait while anything of a higher class is waiting.
         let urgent_waiting = candidates
             .iter()
             .any(|r| r.priority > Priority::Low && due(r));
-        let mut load = Load::default();
-        for r in self.running().values() {
-            load.add(&r.session, r.group.as_deref(), &r.host);
-        }
-        let mut preempted = false;
-        let mut starting = Vec::new();
+        let mut plan = Plan::default();
         for row in candidates {
             if !due(&row)
                 || (row.priority == Priority::Low && urgent_waiting)
                 || self.running().contains_key(&row.id)
             {
+                plan.doubtful = true;
                 continue;
             }
             let config = configs.get(&row.session).cloned().unwrap_or_default();
-            let host = host_of(row.request.url());
             let scope = if load.total >= self.config.max_running {
                 Some(None)
             } else if load.session(&row.session) >= config.max_concurrent as usize {
@@ -370,45 +452,50 @@ impl Scheduler {
                 None
             };
             if let Some(scope) = scope {
-                if !preempted {
-                    preempted = self.preempt_below(row.priority, scope);
+                if plan.victim.is_none() {
+                    plan.victim = self.victim_below(row.priority, scope);
+                    // Some run of a lower class holds a slot: a later task might pause it.
+                    plan.doubtful |= lowest_running.is_some_and(|p| p < row.priority);
                 }
                 continue;
             }
+            let host = host_of(row.request.url());
             if config
                 .group_max_concurrent
                 .zip(row.request.group())
                 .is_some_and(|(max, g)| load.group(&row.session, g) >= max as usize)
                 || load.host(&host) >= config.max_per_host as usize
             {
+                plan.doubtful = true;
                 continue;
             }
             load.add(&row.session, row.request.group(), &host);
-            starting.push(self.start(row, config, host));
+            plan.starts.push((row, config, host));
         }
-        // Started together, their first writes share a commit.
-        for started in futures_util::future::join_all(starting).await {
-            started?;
-        }
-        Ok(())
+        plan
     }
 
-    /// Pauses the lowest-priority running task below `priority` (in `session`, or anywhere),
-    /// newest first among equals. Returns whether one was paused.
-    fn preempt_below(&self, priority: Priority, session: Option<&str>) -> bool {
-        let running = self.running();
-        let victim = running
+    /// The lowest-priority running download below `priority` (in `session`, or anywhere),
+    /// newest first among equals (uploads are not paused: see `Running::upload`).
+    fn victim_below(&self, priority: Priority, session: Option<&str>) -> Option<u64> {
+        self.running()
             .iter()
-            .filter(|(_, r)| r.priority < priority && session.is_none_or(|s| r.session == s))
-            .min_by_key(|(id, r)| (r.priority, std::cmp::Reverse(**id)));
-        match victim {
-            Some((id, r)) => {
-                tracing::info!(task = id, "paused for a task of a higher priority");
-                set_stop(&r.stop, Stop::Preempt);
-                r.cancel.cancel();
-                true
-            }
-            None => false,
+            .filter(|(_, r)| {
+                !r.ending
+                    && !r.upload
+                    && r.priority < priority
+                    && session.is_none_or(|s| r.session == s)
+            })
+            .min_by_key(|(id, r)| (r.priority, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)
+    }
+
+    /// Pauses running task `id` for a task of a higher priority (it waits again).
+    fn preempt(&self, id: u64) {
+        if let Some(r) = self.running().get(&id).filter(|r| !r.ending) {
+            tracing::info!(task = id, "paused for a task of a higher priority");
+            set_stop(&r.stop, Stop::Preempt);
+            r.cancel.cancel();
         }
     }
 
@@ -433,6 +520,8 @@ impl Scheduler {
             progress: Arc::new(Progress::default()),
             rate: RateSampler::default(),
             finished: CancellationToken::new(),
+            ending: false,
+            upload: matches!(row.request, TaskRequest::Upload(_)),
         };
         let (cancel, progress, finished, stop) = (
             running.cancel.clone(),
@@ -514,6 +603,7 @@ impl Scheduler {
                         .engine
                         .download(&spec, &progress, &observer, &cancel)
                         .await;
+                    this.release_slot(id);
                     this.record_end(&row, result.map_err(EndError::Engine), stopped())
                         .await;
                 }
@@ -522,14 +612,29 @@ impl Scheduler {
                         .engine
                         .upload(&spec, &progress, &observer, &cancel)
                         .await;
+                    this.release_slot(id);
                     this.record_upload_end(&row, result, stopped()).await;
                 }
             }
             this.running().remove(&id);
             finished.cancel();
-            this.wake();
+            // The slot was freed (and the loop woken) when the engine returned; look again
+            // only for a run that was stopped — it may wait again, and is startable only now
+            // that it has left `running`.
+            if stopped().is_some() {
+                this.wake();
+            }
         });
         Ok(true)
+    }
+
+    /// The run of `id` has left the engine: its slot is free for a waiting task while its end
+    /// is committed (its entry stays until then, so a stop still finds it).
+    fn release_slot(&self, id: u64) {
+        if let Some(r) = self.running().get_mut(&id) {
+            r.ending = true;
+        }
+        self.wake();
     }
 
     /// Brings a running task's entry up to date with its row: the priority preemption reads
@@ -601,6 +706,17 @@ impl Scheduler {
     }
 }
 
+/// What a scheduling round decided.
+#[derive(Default)]
+struct Plan {
+    /// The tasks to start, with their session's configuration and host.
+    starts: Vec<(TaskRow, SessionConfig, String)>,
+    /// The running task to pause for them.
+    victim: Option<u64>,
+    /// Whether tasks behind those read might have changed the decision (see `schedule`).
+    doubtful: bool,
+}
+
 /// What a run hands to the engine.
 enum Job {
     Download(Box<DownloadSpec>),
@@ -608,7 +724,7 @@ enum Job {
 }
 
 /// Running transfers counted by the scopes that limit them.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Load {
     total: usize,
     sessions: HashMap<String, usize>,

@@ -133,6 +133,7 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        stable_plans(&reader);
 
         let (jobs, queue) = mpsc::unbounded_channel();
         let commits = Arc::new(Mutex::new(CommitCounts::default()));
@@ -258,6 +259,19 @@ impl Store {
         f(&conn)
     }
 
+    /// Runs a read on the reader connection if it is free at once; hands `f` back if another
+    /// read holds it (call [`Store::read`] from the blocking pool then).
+    pub fn try_read<R, F>(&self, f: F) -> Result<Result<R, StoreError>, F>
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError>,
+    {
+        match self.reader.try_lock() {
+            Ok(conn) => Ok(f(&conn)),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(f(&p.into_inner())),
+            Err(std::sync::TryLockError::WouldBlock) => Err(f),
+        }
+    }
+
     /// Stops the writer after it has committed everything queued.
     pub fn close(&self) {
         // Dropping the sender ends the writer's queue once it is drained.
@@ -299,6 +313,7 @@ fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 /// loss). Every setting is read back, because SQLite ignores some silently.
 fn configure(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    stable_plans(conn);
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
     let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
@@ -331,6 +346,19 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         tx.commit()?;
     }
     Ok(())
+}
+
+/// Query plans that do not depend on the values bound: otherwise SQLite compiles a cached
+/// statement again on every run whose parameters it compared with the partial index
+/// `tasks_by_group` (`session = ?` does: the scheduler's read of waiting tasks, a session's
+/// task list…). Only speed depends on it, so a failure is just logged.
+fn stable_plans(conn: &Connection) {
+    if let Err(e) = conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    ) {
+        tracing::warn!(error = %e, "could not make query plans stable");
+    }
 }
 
 /// Nothing stays in a state that no code path leaves: whatever was running when the last
@@ -381,9 +409,21 @@ fn write_loop(
             }
         }
         let mut finished = Vec::with_capacity(batch.len());
+        let lone = batch.len() == 1;
         let committed = (|| -> Result<(), rusqlite::Error> {
             let mut tx = conn.transaction()?;
             for job in batch {
+                if lone {
+                    // A lone job needs no savepoint (two more statements to compile): if it
+                    // fails, the transaction it alone wrote is rolled back instead.
+                    let done = (job.run)(&tx);
+                    let ok = done.ok;
+                    finished.push(done);
+                    if !ok {
+                        return tx.rollback();
+                    }
+                    continue;
+                }
                 let sp = tx.savepoint()?;
                 let done = (job.run)(&sp);
                 if done.ok {
@@ -514,7 +554,8 @@ pub mod sessions {
 
     /// Every session with its configuration.
     pub fn all(conn: &Connection) -> Result<Vec<(String, SessionConfig)>, StoreError> {
-        let mut stmt = conn.prepare("SELECT id, config FROM sessions ORDER BY id")?;
+        // Read by every scheduling round: keep the statement prepared.
+        let mut stmt = conn.prepare_cached("SELECT id, config FROM sessions ORDER BY id")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
@@ -570,6 +611,29 @@ mod tests {
         let (relaxed, durable) = (relaxed.await.unwrap(), durable.await.unwrap());
         assert_eq!((relaxed, durable), (2, 2), "a mixed batch is durable");
         assert_eq!(store.commit_counts().relaxed, 1);
+        store.close();
+    }
+
+    /// A cached statement with `session = ?` is not compiled again for each new value (see
+    /// `stable_plans`), on the reader or the writer.
+    #[tokio::test]
+    async fn a_cached_statement_is_not_prepared_again_per_session() {
+        fn reprepares(c: &Connection) -> Result<i32, StoreError> {
+            let sql = "SELECT id FROM tasks WHERE session = ?1 AND state = 'waiting' \
+                       ORDER BY priority DESC, id LIMIT ?2";
+            for session in ["a", "b", "c"] {
+                let mut stmt = c.prepare_cached(sql)?;
+                let rows = stmt.query_map((session, 8), |r| r.get::<_, i64>(0))?;
+                assert_eq!(rows.count(), 0);
+            }
+            let stmt = c.prepare_cached(sql)?;
+            Ok(stmt.get_status(rusqlite::StatementStatus::RePrepare))
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ferry.db"), Arc::new(Hub::default())).unwrap();
+        assert_eq!(store.read(reprepares).unwrap(), 0);
+        let written = store.write(|c| Ok((reprepares(c)?, Vec::new()))).await;
+        assert_eq!(written.unwrap(), 0);
         store.close();
     }
 

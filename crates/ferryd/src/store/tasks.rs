@@ -561,9 +561,14 @@ pub fn group_names(conn: &Connection, session: &str) -> Result<Vec<String>, Stor
 /// After task `id` completed: if it was the last unfinished task of its group, the group's
 /// `group_completed` event, journaled in the same transaction.
 pub fn group_completion(conn: &Connection, id: u64) -> Result<Option<EventFrame>, StoreError> {
-    let Some(row) = get(conn, id)? else {
-        return Ok(None);
-    };
+    match get(conn, id)? {
+        Some(row) => completion_of_group(conn, &row),
+        None => Ok(None),
+    }
+}
+
+/// [`group_completion`] for the task's row as read in this transaction.
+fn completion_of_group(conn: &Connection, row: &TaskRow) -> Result<Option<EventFrame>, StoreError> {
     let Some(name) = row.request.group() else {
         return Ok(None);
     };
@@ -648,10 +653,12 @@ pub fn invalidation_done(
 
 /// The events that may follow a task's completion: its group's, then its session's.
 pub fn after_completion(conn: &Connection, id: u64) -> Result<Vec<EventFrame>, StoreError> {
-    let mut events: Vec<EventFrame> = group_completion(conn, id)?.into_iter().collect();
-    if let Some(row) = get(conn, id)? {
-        events.extend(invalidation_done(conn, &row.session)?);
-    }
+    // One read of the row serves both (it runs for every completion, on the writer).
+    let Some(row) = get(conn, id)? else {
+        return Ok(Vec::new());
+    };
+    let mut events: Vec<EventFrame> = completion_of_group(conn, &row)?.into_iter().collect();
+    events.extend(invalidation_done(conn, &row.session)?);
     Ok(events)
 }
 

@@ -499,3 +499,40 @@ async fn no_reply_file_outlives_what_names_it() {
     assert!(Path::new(&kept.location).exists(), "a named reply stays");
     assert_eq!(c.tasks(None).await.len(), 2);
 }
+
+/// A running upload is not paused for a task of a higher class (it would have to send its
+/// whole body again): the urgent download waits for the slot instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_upload_is_not_preempted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon =
+        Daemon::start_env(&dir.path().join("home"), 200, &[("FERRY_MAX_RUNNING", "1")]).await;
+    let mut c = daemon.client().await;
+    let data = content(50, 0, 800_000);
+    let source = dir.path().join("big.bin");
+    write(&source, &data);
+    let mut request = upload(server.url("/upload/big"), file_body(&source));
+    request.rate_limit = Some(800_000);
+    request.priority = Some(ferry_proto::Priority::Low);
+    let up = c.create_upload("p", request).await.unwrap();
+    daemon.wait_for_bytes(up.id, 0).await;
+
+    let mut urgent = crate::fixture::download(
+        server.url("/bytes/1000?seed=51"),
+        Some(&dir.path().join("urgent.bin")),
+    );
+    urgent.priority = Some(ferry_proto::Priority::Foreground);
+    let urgent = c.create("p", urgent).await;
+    let up_done = wait_completed(&mut c, up.id).await;
+    assert!(up_done.error.is_none(), "{up_done:?}");
+    let attempts = server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/upload/big")
+        .count();
+    assert_eq!(attempts, 1, "the upload was never paused and sent again");
+    assert!(server.upload("big").unwrap() == data);
+    let urgent = wait_completed(&mut c, urgent.id).await;
+    assert!(urgent.error.is_none(), "{urgent:?}");
+}
