@@ -41,6 +41,7 @@ mod dirsync;
 mod download;
 mod error;
 pub mod filename;
+mod meter;
 mod progress;
 mod rate;
 mod retry;
@@ -58,6 +59,7 @@ pub use download::{
     MAX_REDIRECTS, Observer, Redirect, parse_url,
 };
 pub use error::{Error, ErrorKind, display_chain};
+pub use meter::RateMeter;
 pub use progress::Progress;
 pub use rate::{Limits, RateLimiter};
 pub use retry::RetryPolicy;

@@ -144,13 +144,17 @@ impl Shared {
     /// the task to `transferring`.
     fn report_progress(&self, id: TaskId, progress: &Progress, reported: &mut u64) {
         let now = progress.received();
-        if now == *reported {
-            return;
-        }
         let mut state = self.state();
         let Some(task) = state.tasks.get_mut(&id) else {
             return;
         };
+        // Sampled also when nothing moved, so a stalled transfer's rate falls to zero.
+        if let Some(run) = &mut task.run {
+            run.rate.record(std::time::Instant::now(), now);
+        }
+        if now == *reported {
+            return;
+        }
         if task.info.state != TRANSFERRING {
             task.set_phase(TRANSFERRING, None);
         }

@@ -174,6 +174,7 @@ impl Shared {
             ended: Default::default(),
             host,
             url: task.request.url.clone(),
+            rate: Default::default(),
         };
         let handles = run::Handles {
             cancel: run.cancel.clone(),

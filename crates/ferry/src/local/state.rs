@@ -525,6 +525,11 @@ impl Task {
                 info.bytes_done = received;
                 info.bytes_total = expected.or(info.bytes_total);
             }
+            // As the daemon reports it: over the last seconds, while transferring.
+            info.bytes_per_second = run
+                .rate
+                .rate(std::time::Instant::now(), received)
+                .filter(|_| info.state == TRANSFERRING);
         }
         info
     }
@@ -562,6 +567,8 @@ pub(super) struct Run {
     pub(super) host: String,
     /// The URL it was started with: reports of a run whose task has a new URL are stale.
     pub(super) url: String,
+    /// Samples of `progress` (at each progress report), for the transfer rate.
+    pub(super) rate: ferry_engine::RateMeter,
 }
 
 impl Run {

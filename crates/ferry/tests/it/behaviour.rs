@@ -599,3 +599,31 @@ async fn a_directory_saves_under_the_servers_name(kind: Kind) {
     assert_eq!(both.kind(), ErrorKind::InvalidInput);
     assert!(both.to_string().contains("exclude"), "{both}");
 }
+
+both!(a_transferring_task_reports_its_rate);
+/// A task shows its current rate while it transfers, and none once it has completed.
+async fn a_transferring_task_reports_its_rate(kind: Kind) {
+    let server = TestServer::start().unwrap();
+    let s = Subject::open(kind, |b| b).await;
+    let mut events = s.session.events().unwrap();
+    let task = s
+        .session
+        .download(server.url("/bytes/3000000?seed=9&rate=1000000"))
+        .destination(s.file("rated.bin"))
+        .start()
+        .await
+        .unwrap();
+    let seen = {
+        let task = task.clone();
+        wait_until(move || {
+            let task = task.clone();
+            async move {
+                let info = task.info().await.unwrap();
+                info.bytes_per_second.is_some_and(|r| r > 0) && info.state.name() == "transferring"
+            }
+        })
+    };
+    seen.await;
+    until_completed(&mut events, task.id()).await;
+    assert_eq!(task.info().await.unwrap().bytes_per_second, None);
+}

@@ -33,13 +33,11 @@ use crate::store::{Store, StoreError, TaskRequest, TaskRow, sessions, tasks};
 mod control;
 mod end;
 mod observer;
-mod rate;
 mod upload;
 
 pub use control::{GroupAction, invalid_state, unknown_task};
 use end::EndError;
 use observer::TaskObserver;
-use rate::RateSampler;
 pub use upload::engine_body;
 
 const WAITING: TaskState = TaskState::Running {
@@ -118,7 +116,7 @@ struct Running {
     stop: Arc<Mutex<Option<Stop>>>,
     progress: Arc<Progress>,
     /// Samples of `progress`, for the transfer rate.
-    rate: RateSampler,
+    rate: ferry_engine::RateMeter,
     /// Cancelled when the task's end has been recorded.
     finished: CancellationToken,
     /// The engine has returned and the run's end is being recorded: the run no longer counts
@@ -235,7 +233,7 @@ impl Scheduler {
             LiveProgress {
                 received,
                 expected: r.progress.expected(),
-                bytes_per_second: r.rate.rate(Instant::now(), received),
+                bytes_per_second: r.rate.sample(Instant::now(), received),
             }
         })
     }
@@ -518,7 +516,7 @@ impl Scheduler {
             cancel: CancellationToken::new(),
             stop: Arc::new(Mutex::new(None)),
             progress: Arc::new(Progress::default()),
-            rate: RateSampler::default(),
+            rate: ferry_engine::RateMeter::default(),
             finished: CancellationToken::new(),
             ending: false,
             upload: matches!(row.request, TaskRequest::Upload(_)),
