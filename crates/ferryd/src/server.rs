@@ -101,6 +101,8 @@ async fn serve(stream: UnixStream, connection: u64, uid: u32, ctx: Arc<Context>)
             if !batch.is_empty() {
                 let written = writer.write_all(&batch).await;
                 batch.clear();
+                // One large answer must not keep its buffer for the connection's life.
+                batch.shrink_to(BATCH_BYTES);
                 if written.is_err() {
                     break;
                 }
@@ -169,7 +171,8 @@ async fn serve(stream: UnixStream, connection: u64, uid: u32, ctx: Arc<Context>)
     }
 }
 
-/// Bytes of frames gathered into one write at most (a frame is never split).
+/// Bytes of frames gathered before a write starts (a frame is never split, so a write may
+/// exceed this by one frame).
 const BATCH_BYTES: usize = 256 * 1024;
 
 /// Whether `frame` is a journaled event this connection has already been sent (the same

@@ -85,9 +85,10 @@ const WAITING_PER_SESSION: usize = 64;
 /// Waiting tasks read per session beyond the free slots in a round's first, short read.
 const SHORT_READ_EXTRA: usize = 4;
 
-/// A round that read at most this many waiting tasks is short enough to read the next one on
-/// the loop's own task instead of the blocking pool.
-const INLINE_ROUND_ROWS: usize = 4 * WAITING_PER_SESSION;
+/// A short read is made on the loop's own task instead of the blocking pool when the last
+/// round saw at most this many sessions (one small query each): a read of well under a
+/// millisecond.
+const INLINE_ROUND_SESSIONS: usize = 16;
 
 /// Why a running task is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,8 +152,8 @@ pub struct Scheduler {
     global_limit: RateLimiter,
     wake: Notify,
     keeper: Keeper,
-    /// Waiting tasks the last round read.
-    last_round: AtomicUsize,
+    /// Sessions the last round read.
+    last_sessions: AtomicUsize,
 }
 
 /// A control request could not be carried out.
@@ -191,7 +192,7 @@ impl Scheduler {
             running: Mutex::new(HashMap::new()),
             session_limits: Mutex::new(HashMap::new()),
             wake: Notify::new(),
-            last_round: AtomicUsize::new(0),
+            last_sessions: AtomicUsize::new(0),
         }
     }
 
@@ -351,8 +352,11 @@ impl Scheduler {
         let mut lowest_running = None;
         for r in self.running().values().filter(|r| !r.ending) {
             load.add(&r.session, r.group.as_deref(), &r.host);
-            lowest_running =
-                Some(lowest_running.map_or(r.priority, |p: Priority| p.min(r.priority)));
+            // Only what preemption may pause (not uploads) can make a later task matter.
+            if !r.upload {
+                lowest_running =
+                    Some(lowest_running.map_or(r.priority, |p: Priority| p.min(r.priority)));
+            }
         }
         let free = self.config.max_running.saturating_sub(load.total);
         let short = (free + SHORT_READ_EXTRA).min(WAITING_PER_SESSION);
@@ -395,9 +399,11 @@ impl Scheduler {
             }
             Ok((waiting, sessions, cut))
         };
-        // A small round is read here, saving two thread hand-offs; a large one (many
-        // sessions), or one that would wait for another read, on the blocking pool.
-        let small = self.last_round.load(Ordering::Relaxed) <= INLINE_ROUND_ROWS;
+        // A short read over few sessions is made here, saving two thread hand-offs; the
+        // full read, a read over many sessions, or one that would wait for another read, on
+        // the blocking pool.
+        let small = limit < WAITING_PER_SESSION
+            && self.last_sessions.load(Ordering::Relaxed) <= INLINE_ROUND_SESSIONS;
         let read = if small {
             self.store.try_read(round)
         } else {
@@ -412,7 +418,7 @@ impl Scheduler {
                     .map_err(|e| StoreError::Unusable(e.to_string()))??
             }
         };
-        self.last_round.store(candidates.len(), Ordering::Relaxed);
+        self.last_sessions.store(configs.len(), Ordering::Relaxed);
         Ok((candidates, configs.into_iter().collect(), cut))
     }
 
@@ -601,8 +607,10 @@ impl Scheduler {
                         .engine
                         .download(&spec, &progress, &observer, &cancel)
                         .await;
-                    this.release_slot(id);
-                    this.record_end(&row, result.map_err(EndError::Engine), stopped())
+                    // Read once: a stop that comes later finds the run ending and waits.
+                    let stop = stopped();
+                    this.release_slot(id, stop);
+                    this.record_end(&row, result.map_err(EndError::Engine), stop)
                         .await;
                 }
                 Job::Upload(spec) => {
@@ -610,8 +618,9 @@ impl Scheduler {
                         .engine
                         .upload(&spec, &progress, &observer, &cancel)
                         .await;
-                    this.release_slot(id);
-                    this.record_upload_end(&row, result, stopped()).await;
+                    let stop = stopped();
+                    this.release_slot(id, stop);
+                    this.record_upload_end(&row, result, stop).await;
                 }
             }
             this.running().remove(&id);
@@ -627,8 +636,13 @@ impl Scheduler {
     }
 
     /// The run of `id` has left the engine: its slot is free for a waiting task while its end
-    /// is committed (its entry stays until then, so a stop still finds it).
-    fn release_slot(&self, id: u64) {
+    /// is committed (its entry stays until then, so a stop still finds it). Not for a run
+    /// stopped to start over from a new URL: it keeps its slot, and takes it again when it
+    /// waits (a younger task of the same class must not take it meanwhile).
+    fn release_slot(&self, id: u64, stop: Option<Stop>) {
+        if stop == Some(Stop::Restart) {
+            return;
+        }
         if let Some(r) = self.running().get_mut(&id) {
             r.ending = true;
         }

@@ -410,7 +410,8 @@ fn write_loop(
         }
         let mut finished = Vec::with_capacity(batch.len());
         let lone = batch.len() == 1;
-        let committed = (|| -> Result<(), rusqlite::Error> {
+        // Ok(false): a lone job failed and its transaction was rolled back — nothing to count.
+        let committed = (|| -> Result<bool, rusqlite::Error> {
             let mut tx = conn.transaction()?;
             for job in batch {
                 if lone {
@@ -420,7 +421,7 @@ fn write_loop(
                     let ok = done.ok;
                     finished.push(done);
                     if !ok {
-                        return tx.rollback();
+                        return tx.rollback().map(|()| false);
                     }
                     continue;
                 }
@@ -433,10 +434,10 @@ fn write_loop(
             }
             match unsafe_level {
                 Some(e) => Err(e), // dropping `tx` rolls the batch back
-                None => tx.commit(),
+                None => tx.commit().map(|()| true),
             }
         })();
-        if committed.is_ok() {
+        if matches!(committed, Ok(true)) {
             // Counted before anyone is answered, so a caller sees its own commit counted.
             let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
             if relaxed_now {
@@ -447,7 +448,7 @@ fn write_loop(
         }
         for done in finished {
             match &committed {
-                Ok(()) => {
+                Ok(_) => {
                     hub.publish(&done.events);
                     (done.reply)(Ok(()));
                 }

@@ -572,3 +572,55 @@ async fn lowering_a_running_task_lets_a_waiting_one_preempt_it() {
     );
     assert_eq!(std::fs::read(&first_out).unwrap(), content(54, 0, n));
 }
+
+/// A running task pointed at a new URL starts over at once: it keeps its slot, and a
+/// younger waiting task of the same class does not take it meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_given_a_new_url_keeps_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let one = SessionConfig {
+        max_concurrent: 1,
+        ..SessionConfig::default()
+    };
+    c.attach_with("s", one, false).await.unwrap();
+    let slow = |seed: u64, name: &str| {
+        let mut d = download(
+            server.url(&format!("/bytes/2000000?seed={seed}&rate=500000")),
+            Some(&dir.path().join(name)),
+        );
+        d.connections = Some(1);
+        d
+    };
+    let a = c.create("s", slow(61, "a.bin")).await;
+    let b = c.create("s", slow(62, "b.bin")).await;
+    daemon.wait_for_bytes(a.id, 0).await;
+    let before = c.task(a.id).await.bytes_done;
+    c.request(ferry_proto::Request::UpdateUrl {
+        task: a.id,
+        url: server.url("/bytes/2000000?seed=61&rate=500000&signed=2"),
+    })
+    .await
+    .unwrap();
+    let socket = daemon.socket();
+    crate::fixture::wait_until(|| {
+        let socket = socket.clone();
+        async move {
+            let t = crate::fixture::Client::connect(&socket)
+                .await
+                .task(a.id)
+                .await;
+            t.state.name() == "transferring" && t.bytes_done > before
+        }
+    })
+    .await;
+    assert_eq!(
+        c.task(b.id).await.state,
+        TaskState::Running {
+            phase: RunPhase::Waiting
+        },
+        "the younger task did not take the slot"
+    );
+}

@@ -513,7 +513,7 @@ async fn a_running_upload_is_not_preempted() {
     let source = dir.path().join("big.bin");
     write(&source, &data);
     let mut request = upload(server.url("/upload/big"), file_body(&source));
-    request.rate_limit = Some(800_000);
+    request.rate_limit = Some(200_000);
     request.priority = Some(ferry_proto::Priority::Low);
     let up = c.create_upload("p", request).await.unwrap();
     daemon.wait_for_bytes(up.id, 0).await;
@@ -524,6 +524,12 @@ async fn a_running_upload_is_not_preempted() {
     );
     urgent.priority = Some(ferry_proto::Priority::Foreground);
     let urgent = c.create("p", urgent).await;
+    // The urgent task came while the upload ran (it takes about 4 s): the test means something.
+    let running = c.task(up.id).await;
+    assert!(
+        !matches!(running.state, TaskState::Completed { .. }),
+        "{running:?}"
+    );
     let up_done = wait_completed(&mut c, up.id).await;
     assert!(up_done.error.is_none(), "{up_done:?}");
     let attempts = server
