@@ -176,44 +176,14 @@ PY
     cat "$WWW"/d/* >/dev/null # into the page cache
     sync
 
-    local port
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    mkdir -p "$NGX"/{body,proxy,fastcgi,uwsgi,scgi}
-    cat >"$NGX/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $NGX/nginx.pid;
-error_log $NGX/error.log warn;
-events { worker_connections 1024; }
-http {
-    log_format bench '\$connection \$connection_requests \$status \$body_bytes_sent';
+    start_nginx "$NGX" 1024 "    log_format bench '\$connection \$connection_requests \$status \$body_bytes_sent';
     access_log $NGX/access.log bench;
-    client_body_temp_path $NGX/body;
-    proxy_temp_path $NGX/proxy;
-    fastcgi_temp_path $NGX/fastcgi;
-    uwsgi_temp_path $NGX/uwsgi;
-    scgi_temp_path $NGX/scgi;
-    default_type application/octet-stream;
     sendfile on;
     tcp_nopush on;
     keepalive_timeout 65;
-    keepalive_requests 10000;
-    server {
-        listen 127.0.0.1:$port;
-        root $WWW;
-    }
-}
-EOF
-    "$NGINX" -e "$NGX/error.log" -p "$NGX" -c "$NGX/nginx.conf" -t -q || die "nginx rejected $NGX/nginx.conf"
-    "$NGINX" -e "$NGX/error.log" -p "$NGX" -c "$NGX/nginx.conf" &
-    NGINX_PID=$!
-    local base=http://127.0.0.1:$port/d i
-    for ((i = 0; ; i++)); do
-        curl -s -o /dev/null "$base/f0000" && break
-        ((i < 100)) || die "nginx did not answer on 127.0.0.1:$port (see $NGX/error.log)"
-        kill -0 "$NGINX_PID" 2>/dev/null || die "nginx exited: $(cat "$NGX/error.log")"
-        sleep 0.1
-    done
+    keepalive_requests 10000;" "        root $WWW;"
+    local base=http://127.0.0.1:$NGINX_PORT/d
+    nginx_ready "$NGX" curl -s -o /dev/null "$base/f0000"
     local nginx_worker
     nginx_worker=$(pgrep -P "$NGINX_PID" | head -1 || true)
 

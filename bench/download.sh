@@ -102,50 +102,17 @@ chmod 644 "$WWW/file.bin"
 SRC_SHA=$(sha256sum "$WWW/file.bin" | cut -d' ' -f1) # also leaves it in the page cache
 sync
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # --- nginx ------------------------------------------------------------------------------------
-NGINX_PORT=$(free_port)
-mkdir -p "$NGX"/{body,proxy,fastcgi,uwsgi,scgi}
-cat >"$NGX/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $NGX/nginx.pid;
-error_log $NGX/error.log warn;
-events { worker_connections 256; }
-http {
-    access_log $NGX/access.log;
-    client_body_temp_path $NGX/body;
-    proxy_temp_path $NGX/proxy;
-    fastcgi_temp_path $NGX/fastcgi;
-    uwsgi_temp_path $NGX/uwsgi;
-    scgi_temp_path $NGX/scgi;
-    default_type application/octet-stream;
+start_nginx "$NGX" 256 "    access_log $NGX/access.log;
     sendfile on;
-    tcp_nopush on;
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        root $WWW;
+    tcp_nopush on;" "        root $WWW;
         location /slow/ {
             alias $WWW/;
             limit_rate $RATE;
-        }
-    }
-}
-EOF
-"$NGINX" -e "$NGX/error.log" -p "$NGX" -c "$NGX/nginx.conf" -t -q || die "nginx rejected $NGX/nginx.conf"
-"$NGINX" -e "$NGX/error.log" -p "$NGX" -c "$NGX/nginx.conf" &
-NGINX_PID=$!
+        }"
 PLAIN_URL=http://127.0.0.1:$NGINX_PORT/file.bin
 SLOW_URL=http://127.0.0.1:$NGINX_PORT/slow/file.bin
-for ((i = 0; ; i++)); do
-    curl -s -o /dev/null -r 0-0 "$PLAIN_URL" && break
-    ((i < 100)) || die "nginx did not answer on 127.0.0.1:$NGINX_PORT (see $NGX/error.log)"
-    kill -0 "$NGINX_PID" 2>/dev/null || die "nginx exited: $(cat "$NGX/error.log")"
-    sleep 0.1
-done
+nginx_ready "$NGX" curl -s -o /dev/null -r 0-0 "$PLAIN_URL"
 
 # --- ferry-testserver --------------------------------------------------------------------------
 : >"$WORKDIR/testserver.out" # exists before the background job's redirection happens

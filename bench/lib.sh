@@ -1,5 +1,6 @@
 # Shared by bench/download.sh, bench/daemon.sh and bench/upload.sh: messages, tool
-# installation, the scratch folder, stopping processes by pid, and the machine description.
+# installation, the scratch folder, a private nginx, stopping processes by pid, and the
+# machine description.
 # Source it; it defines functions and sets nothing else.
 
 die() { echo "bench: $*" >&2; exit 1; }
@@ -59,6 +60,57 @@ stop_pid() {
     done
     kill -0 "$pid" 2>/dev/null && { log "$2 ($pid) ignored SIGTERM; killing it"; kill -KILL "$pid" 2>/dev/null || true; }
     wait "$pid" 2>/dev/null || true
+}
+
+# free_port: a free TCP port on 127.0.0.1.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_nginx NGX CONNECTIONS HTTP_DIRECTIVES SERVER_DIRECTIVES: writes NGX/nginx.conf — one
+# worker, everything (pid, logs, temp folders) under NGX, the given `http` directives and one
+# server on 127.0.0.1:$NGINX_PORT (a free port, set here) with the given directives — checks
+# it, starts nginx in the background and sets NGINX_PID. Wait for it with nginx_ready.
+start_nginx() {
+    local ngx=$1 connections=$2 http=$3 server=$4
+    NGINX_PORT=$(free_port)
+    mkdir -p "$ngx"/{body,proxy,fastcgi,uwsgi,scgi}
+    cat >"$ngx/nginx.conf" <<CONF
+daemon off;
+worker_processes 1;
+pid $ngx/nginx.pid;
+error_log $ngx/error.log warn;
+events { worker_connections $connections; }
+http {
+    client_body_temp_path $ngx/body;
+    proxy_temp_path $ngx/proxy;
+    fastcgi_temp_path $ngx/fastcgi;
+    uwsgi_temp_path $ngx/uwsgi;
+    scgi_temp_path $ngx/scgi;
+    default_type application/octet-stream;
+$http
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+$server
+    }
+}
+CONF
+    "$NGINX" -e "$ngx/error.log" -p "$ngx" -c "$ngx/nginx.conf" -t -q || die "nginx rejected $ngx/nginx.conf"
+    "$NGINX" -e "$ngx/error.log" -p "$ngx" -c "$ngx/nginx.conf" &
+    NGINX_PID=$!
+}
+
+# nginx_ready NGX COMMAND…: runs COMMAND (a probe request) every 0.1 s until it succeeds;
+# dies after 10 s or when nginx has exited.
+nginx_ready() {
+    local ngx=$1 i
+    shift
+    for ((i = 0; ; i++)); do
+        "$@" && return 0
+        ((i < 100)) || die "nginx did not answer on 127.0.0.1:$NGINX_PORT (see $ngx/error.log)"
+        kill -0 "$NGINX_PID" 2>/dev/null || die "nginx exited: $(cat "$ngx/error.log")"
+        sleep 0.1
+    done
 }
 
 # print_machine TITLE NGINX_NOTE: the markdown header both benchmarks start with; the caller

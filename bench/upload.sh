@@ -125,50 +125,17 @@ head -c "$SIZE" /dev/urandom >"$SRC/file.bin"
 SRC_SHA=$(sha256sum "$SRC/file.bin" | cut -d' ' -f1) # also leaves it in the page cache
 sync
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # --- nginx ------------------------------------------------------------------------------------
-NGINX_PORT=$(free_port)
-mkdir -p "$NGX"/{body,proxy,fastcgi,uwsgi,scgi}
-cat >"$NGX/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $NGX/nginx.pid;
-error_log $NGX/error.log warn;
-events { worker_connections 256; }
-http {
-    access_log $NGX/access.log;
-    client_body_temp_path $NGX/body;
-    proxy_temp_path $NGX/proxy;
-    fastcgi_temp_path $NGX/fastcgi;
-    uwsgi_temp_path $NGX/uwsgi;
-    scgi_temp_path $NGX/scgi;
-    default_type application/octet-stream;
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        root $WORKDIR;
+start_nginx "$NGX" 256 "    access_log $NGX/access.log;" "        root $WORKDIR;
         location /up/ {
             dav_methods PUT;
             create_full_put_path on;
             client_max_body_size 0;
             client_body_buffer_size 1m;
-        }
-    }
-}
-EOF
-"$NGINX" -e "$NGX/error.log" -p "$NGX" -c "$NGX/nginx.conf" -t -q || die "nginx rejected $NGX/nginx.conf"
-"$NGINX" -e "$NGX/error.log" -p "$NGX" -c "$NGX/nginx.conf" &
-NGINX_PID=$!
+        }"
 BASE_URL=http://127.0.0.1:$NGINX_PORT/up
-for ((i = 0; ; i++)); do
-    # A zero-byte PUT: nginx answers, and the module really accepts PUT here.
-    curl -sS -f -o /dev/null -X PUT --data-binary '' "$BASE_URL/probe" 2>/dev/null && break
-    ((i < 100)) || die "nginx did not accept a PUT on 127.0.0.1:$NGINX_PORT (see $NGX/error.log)"
-    kill -0 "$NGINX_PID" 2>/dev/null || die "nginx exited: $(cat "$NGX/error.log")"
-    sleep 0.1
-done
+# A zero-byte PUT: nginx answers, and the module really accepts PUT here.
+nginx_ready "$NGX" curl -s -f -o /dev/null -X PUT --data-binary '' "$BASE_URL/probe"
 rm -f "$UP/probe"
 
 # --- the machine -------------------------------------------------------------------------------
