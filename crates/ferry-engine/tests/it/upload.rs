@@ -393,20 +393,21 @@ async fn a_file_changed_between_attempts_fails_with_source_changed() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_changed_while_it_is_sent_fails_with_source_changed() {
-    let env = Env::new();
-    let data = content(8, 2 * 1024 * 1024);
-    let file = env.source("shrinking.bin", &data);
-    let mut spec = env.upload_spec("/upload/shrinking", UploadBody::File(file.clone()));
+/// Runs `spec` at 2 MiB/s, calling `change` once `after` bytes have been sent, and returns
+/// the upload's failure (it must fail: the file changed while it was sent).
+async fn upload_changing(
+    env: &Env,
+    mut spec: UploadSpec,
+    after: u64,
+    change: impl FnOnce() + Send + 'static,
+) -> UploadFailure {
     spec.limits = Limits::none().with(RateLimiter::new(2 * 1024 * 1024));
     let progress = Arc::new(Progress::default());
     let changer = {
         let progress = progress.clone();
         tokio::spawn(async move {
-            wait_until(|| progress.received() >= 300_000).await;
-            let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
-            f.set_len(1_500_000).unwrap();
+            wait_until(|| progress.received() >= after).await;
+            change();
         })
     };
     let failure = env
@@ -415,6 +416,20 @@ async fn a_file_changed_while_it_is_sent_fails_with_source_changed() {
         .await
         .unwrap_err();
     changer.await.unwrap();
+    failure
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_while_it_is_sent_fails_with_source_changed() {
+    let env = Env::new();
+    let data = content(8, 2 * 1024 * 1024);
+    let file = env.source("shrinking.bin", &data);
+    let spec = env.upload_spec("/upload/shrinking", UploadBody::File(file.clone()));
+    let failure = upload_changing(&env, spec, 300_000, move || {
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.set_len(1_500_000).unwrap();
+    })
+    .await;
     assert_eq!(failure.error.kind().code(), "source_changed");
     assert!(
         failure.error.to_string().contains("shrank"),
@@ -432,35 +447,23 @@ async fn a_file_rewritten_or_grown_while_sent_never_reaches_the_server_whole() {
     for (name, change, says) in [("rewritten", 0u8, "ctime"), ("grown", 1u8, "grew")] {
         let data = content(9, 1024 * 1024);
         let file = env.source(name, &data);
-        let mut spec = env.upload_spec(&format!("/upload/{name}"), UploadBody::File(file.clone()));
-        spec.limits = Limits::none().with(RateLimiter::new(2 * 1024 * 1024));
-        let progress = Arc::new(Progress::default());
-        let changer = {
-            let progress = progress.clone();
-            tokio::spawn(async move {
-                wait_until(|| progress.received() >= 100_000).await;
-                use std::io::{Seek, SeekFrom, Write};
-                let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
-                if change == 0 {
-                    // The tail, not read yet, gets other bytes; the size stays, and the
-                    // modification time is set back as `touch -r` would: only the ctime
-                    // tells.
-                    let mtime = f.metadata().unwrap().modified().unwrap();
-                    f.seek(SeekFrom::Start(900_000)).unwrap();
-                    f.write_all(&[0xAB; 1000]).unwrap();
-                    f.set_modified(mtime).unwrap();
-                } else {
-                    f.seek(SeekFrom::End(0)).unwrap();
-                    f.write_all(b"more").unwrap();
-                }
-            })
-        };
-        let failure = env
-            .engine
-            .upload(&spec, &progress, &(), &CancellationToken::new())
-            .await
-            .unwrap_err();
-        changer.await.unwrap();
+        let spec = env.upload_spec(&format!("/upload/{name}"), UploadBody::File(file.clone()));
+        let failure = upload_changing(&env, spec, 100_000, move || {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+            if change == 0 {
+                // The tail, not read yet, gets other bytes; the size stays, and the
+                // modification time is set back as `touch -r` would: only the ctime tells.
+                let mtime = f.metadata().unwrap().modified().unwrap();
+                f.seek(SeekFrom::Start(900_000)).unwrap();
+                f.write_all(&[0xAB; 1000]).unwrap();
+                f.set_modified(mtime).unwrap();
+            } else {
+                f.seek(SeekFrom::End(0)).unwrap();
+                f.write_all(b"more").unwrap();
+            }
+        })
+        .await;
         assert_eq!(failure.error.kind().code(), "source_changed", "{name}");
         assert!(
             failure.error.to_string().contains(says),
@@ -485,22 +488,11 @@ async fn a_later_form_file_changed_before_its_turn_fails_the_upload() {
             MultipartFile::new("second", second.clone()),
         ],
     };
-    let mut spec = env.upload_spec("/upload/pair", body);
-    spec.limits = Limits::none().with(RateLimiter::new(2 * 1024 * 1024));
-    let progress = Arc::new(Progress::default());
-    let changer = {
-        let progress = progress.clone();
-        tokio::spawn(async move {
-            wait_until(|| progress.received() >= 100_000).await;
-            std::fs::write(&second, content(12, 100_000)).unwrap();
-        })
-    };
-    let failure = env
-        .engine
-        .upload(&spec, &progress, &(), &CancellationToken::new())
-        .await
-        .unwrap_err();
-    changer.await.unwrap();
+    let spec = env.upload_spec("/upload/pair", body);
+    let failure = upload_changing(&env, spec, 100_000, move || {
+        std::fs::write(&second, content(12, 100_000)).unwrap();
+    })
+    .await;
     assert_eq!(failure.error.kind().code(), "source_changed");
     assert!(
         failure.error.to_string().contains("second.bin"),

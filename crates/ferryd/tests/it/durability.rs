@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use ferry_proto::{Event, OutcomeKind, TaskState};
 use ferry_testserver::{TestServer, content};
 
-use crate::fixture::{Client, Daemon, download, wait_completed, wait_until};
+use crate::fixture::{Daemon, download, wait_completed, wait_until};
 
 fn sha256(data: &[u8]) -> String {
     let mut h = ferry_engine::Algorithm::Sha256.hasher();
@@ -143,18 +143,7 @@ async fn client_killed_mid_transfer_gets_everything_on_reattach() {
         .unwrap();
     // Wait until the task exists and is transferring, then kill the application.
     let mut c = daemon.client().await;
-    let socket = daemon.socket();
-    wait_until(|| {
-        let socket = socket.clone();
-        async move {
-            let mut c = Client::connect(&socket).await;
-            c.tasks(Some("com.example.killed"))
-                .await
-                .first()
-                .is_some_and(|t| t.bytes_done > 0)
-        }
-    })
-    .await;
+    daemon.wait_for_session_bytes("com.example.killed").await;
     app.kill().unwrap();
     app.wait().unwrap();
     let task = c.tasks(Some("com.example.killed")).await.remove(0);

@@ -103,6 +103,24 @@ impl Daemon {
         Client::connect(&self.socket()).await
     }
 
+    /// Polls (on fresh connections) until `session` has a task that has received (or sent)
+    /// bytes — one an application in another process created.
+    pub async fn wait_for_session_bytes(&self, session: &str) {
+        let socket = self.socket();
+        wait_until(|| {
+            let (socket, session) = (socket.clone(), session.to_owned());
+            async move {
+                Client::connect(&socket)
+                    .await
+                    .tasks(Some(&session))
+                    .await
+                    .first()
+                    .is_some_and(|t| t.bytes_done > 0)
+            }
+        })
+        .await;
+    }
+
     /// Polls (on fresh connections) until `task` has more than `bytes` bytes.
     pub async fn wait_for_bytes(&self, task: u64, bytes: u64) {
         let socket = self.socket();

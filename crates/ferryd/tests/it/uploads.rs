@@ -408,18 +408,7 @@ async fn client_killed_mid_upload_the_upload_continues() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let socket = daemon.socket();
-    wait_until(|| {
-        let socket = socket.clone();
-        async move {
-            let mut c = Client::connect(&socket).await;
-            c.tasks(Some("com.example.uploader"))
-                .await
-                .first()
-                .is_some_and(|t| t.bytes_done > 0)
-        }
-    })
-    .await;
+    daemon.wait_for_session_bytes("com.example.uploader").await;
     app.kill().unwrap();
     app.wait().unwrap();
     let mut c = daemon.client().await;
