@@ -31,12 +31,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let mut events = session.events()?;
     let group = session.group(format!("batch-{}", std::process::id()));
-    let mut files = Vec::new();
-    for (i, url) in urls.iter().enumerate() {
-        let file = out.join(format!("{i:04}"));
-        group.download(url).destination(&file).start().await?;
-        files.push(file);
-    }
+    let files: Vec<PathBuf> = (0..urls.len())
+        .map(|i| out.join(format!("{i:04}")))
+        .collect();
+    // All in one request: a group whose first file finished before the next was added would
+    // complete early (and again later).
+    let downloads = urls
+        .iter()
+        .zip(&files)
+        .map(|(url, file)| group.download(url).destination(file));
+    session.start_downloads(downloads).await?;
 
     while let Some(event) = events.recv().await {
         let event = event?;

@@ -11,6 +11,9 @@ use crate::upload::UploadBuilder;
 
 /// A handle to a group of a session. The group exists while it has tasks; when the last
 /// one completes, a [`GroupCompleted`](crate::EventKind::GroupCompleted) event follows.
+/// Create a group's downloads together ([`Session::start_downloads`] with
+/// [`Group::download`] builders): a task added after the others have completed makes the
+/// group complete again.
 #[derive(Debug, Clone)]
 pub struct Group {
     session: Session,

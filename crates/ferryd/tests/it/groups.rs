@@ -18,26 +18,25 @@ async fn group_completed_comes_once_after_every_task() {
     let daemon = Daemon::start(&dir.path().join("home")).await;
     let mut c = daemon.client().await;
     c.attach("g").await.unwrap();
-    let ids = [
-        c.create(
-            "g",
-            in_group(server.url("/bytes/1000?seed=1&filename=a"), "batch"),
-        )
-        .await
-        .id,
-        c.create(
-            "g",
-            in_group(
-                server.url("/bytes/200000?seed=2&rate=400000&filename=b"),
-                "batch",
-            ),
-        )
-        .await
-        .id,
-        c.create("g", in_group(server.url("/bytes/10?status=404"), "batch"))
-            .await
-            .id,
+    // In one request: a group whose first task finished before the next was created would
+    // already have completed (and would complete again after the others).
+    let requests = vec![
+        in_group(server.url("/bytes/1000?seed=1&filename=a"), "batch"),
+        in_group(
+            server.url("/bytes/200000?seed=2&rate=400000&filename=b"),
+            "batch",
+        ),
+        in_group(server.url("/bytes/10?status=404"), "batch"),
     ];
+    let Ok(Response::Created { ids }) = c
+        .request(Request::CreateDownloads {
+            session: "g".into(),
+            requests,
+        })
+        .await
+    else {
+        panic!("create_downloads failed")
+    };
     c.create("g", download(server.url("/bytes/10?filename=loner"), None))
         .await;
     let mut completed = Vec::new();
