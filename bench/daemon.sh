@@ -24,13 +24,18 @@
 #                 `delete`, every later run allocates inodes among thousands of just-freed
 #                 ones, and ext4's allocator (find_inode_bit/recently_deleted) then burns
 #                 seconds of kernel time in every tool's open(O_CREAT)   (default aside)
+#   CLIENT        the ferry tools' client in the small-files benchmark: `rust` (the ferry
+#                 library's example `many`, an application's view) or `python`
+#                 (bench/daemon_client.py `many`, which adds ~0.15 s of interpreter start
+#                 and acknowledges once at the end); `both`: rust, plus a tool "ferry-py",
+#                 the Python client against the same daemon               (default rust)
 #   BENCHES       which benchmarks, in order                         (default "small queue")
 #   WORKDIR       scratch folder; must not be tmpfs                  (default: mktemp -d under /var/tmp)
 #   KEEP_WORKDIR=1  keep the scratch folder at the end
 #
 # small: FILES files of FILE_SIZE random bytes served by nginx (sendfile, keepalive,
-#   keepalive_requests 10000, 1 worker) on 127.0.0.1. Tools: ferry (bench/daemon_client.py
-#   `many` against a ferryd started beforehand with FERRY_MAX_RUNNING=16, session config
+#   keepalive_requests 10000, 1 worker) on 127.0.0.1. Tools: ferry (the client named by CLIENT
+#   against a ferryd started beforehand with FERRY_MAX_RUNNING=16, session config
 #   max_concurrent 16 / max_per_host 16), aria2c -j16 -x1, curl --parallel --parallel-max 16.
 #   Each run goes into a fresh empty folder; the order of the tools rotates by one each run;
 #   every output file's size and MD5 are checked after every run. Tables report medians.
@@ -52,6 +57,7 @@ PERF=${PERF:-0}
 OUTPUTS=${OUTPUTS:-aside}
 BENCHES=${BENCHES:-small queue}
 BASELINE=${BASELINE:-}
+CLIENT_KIND=${CLIENT:-rust}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -68,6 +74,7 @@ for b in $BENCHES; do
 done
 [[ $OUTPUTS == aside || $OUTPUTS == delete ]] || die "OUTPUTS must be aside or delete"
 [[ -z $BASELINE || -x $BASELINE ]] || die "BASELINE must be an executable ferryd"
+[[ $CLIENT_KIND =~ ^(rust|python|both)$ ]] || die "CLIENT must be rust, python or both"
 
 CLIENT=$REPO/bench/daemon_client.py
 
@@ -80,7 +87,8 @@ install_tools "${extra[@]}"
 curl --help all 2>/dev/null | grep -q -- '--parallel-max' || die "this curl has no --parallel-max"
 
 log "building ferryd (release)"
-(cd "$REPO" && cargo build --release --quiet -p ferryd -p ferry-cli -p ferry-testserver)
+(cd "$REPO" && cargo build --release --quiet -p ferryd -p ferry-cli -p ferry-testserver &&
+    cargo build --release --quiet -p ferry --example many)
 
 # --- scratch folder --------------------------------------------------------------------------
 make_workdir ferry-dbench
@@ -118,7 +126,7 @@ mkdir -p "$BIN" "$WWW/d" "$NGX" "$LISTS"
 chmod 755 "$WORKDIR" "$WWW" "$WWW/d" # nginx's worker runs as nobody when started by root
 
 # Copies, so a concurrent `cargo build` in the work tree cannot swap the binary mid-run.
-cp "$REPO/target/release/ferryd" "$BIN/"
+cp "$REPO/target/release/ferryd" "$REPO/target/release/examples/many" "$BIN/"
 [[ -z $BASELINE ]] || cp "$BASELINE" "$BIN/ferryd-base"
 
 # Starts a ferryd with FERRY_HOME=$1 (extra words after it: a wrapper command such as
@@ -153,7 +161,7 @@ CLK_TCK=$(getconf CLK_TCK)
 # --- the machine -------------------------------------------------------------------------------
 print_machine "ferryd benchmark: many small files, many tasks" \
     "sendfile on, tcp_nopush on, keepalive_requests 10000, 1 worker"
-echo "- python3: $(python3 --version 2>&1)"
+echo "- python3: $(python3 --version 2>&1); ferry client: $CLIENT_KIND"
 echo "- RUNS=$RUNS FILES=$FILES FILE_SIZE=$FILE_SIZE TASKS=$TASKS LIST_RUNS=$LIST_RUNS NOSYNC=$NOSYNC PROFILE=$PROFILE PERF=$PERF OUTPUTS=$OUTPUTS${BASELINE:+ BASELINE=$BASELINE}"
 echo
 
@@ -210,6 +218,7 @@ PY
         NOSYNC_DAEMON=$DAEMON_PID NOSYNC_SOCK=$DAEMON_SOCK
         tools=(ferry aria2c curl ferry-nosync)
     fi
+    [[ $CLIENT_KIND != both ]] || tools+=(ferry-py)
     if [[ -n $BASELINE ]]; then
         DAEMON_BIN=$BIN/ferryd-base start_daemon "$WORKDIR/home-base"
         BASE_DAEMON=$DAEMON_PID BASE_SOCK=$DAEMON_SOCK
@@ -257,9 +266,10 @@ PY
 
 set_cmd() {
     case $1 in
-    ferry) CMD=(python3 "$CLIENT" many --socket "$FERRY_SOCK" --urls "$LISTS/urls.txt" --out "$OUT") ;;
-    ferry-nosync) CMD=(python3 "$CLIENT" many --socket "$NOSYNC_SOCK" --urls "$LISTS/urls.txt" --out "$OUT") ;;
-    ferry-base) CMD=(python3 "$CLIENT" many --socket "$BASE_SOCK" --urls "$LISTS/urls.txt" --out "$OUT") ;;
+    ferry) many_cmd "$WORKDIR/home-ferry" ;;
+    ferry-nosync) many_cmd "$WORKDIR/home-nosync" ;;
+    ferry-base) many_cmd "$WORKDIR/home-base" ;;
+    ferry-py) CMD=(python3 "$CLIENT" many --socket "$WORKDIR/home-ferry/ferryd.sock" --session bench-py --urls "$LISTS/urls.txt" --out "$OUT") ;;
     aria2c)
         CMD=(aria2c -q -j16 -x1 -i "$LISTS/aria2.txt" -d "$OUT" --allow-overwrite=true
             --file-allocation=none)
@@ -267,6 +277,14 @@ set_cmd() {
     curl) CMD=(curl --parallel --parallel-max 16 -s -K "$LISTS/curl.cfg") ;;
     *) die "unknown tool $1" ;;
     esac
+}
+
+many_cmd() { # FERRY_HOME: the ferry client command against the daemon of that home
+    if [[ $CLIENT_KIND != python ]]; then
+        CMD=(env "FERRY_HOME=$1" "$BIN/many" --urls "$LISTS/urls.txt" --out "$OUT")
+    else
+        CMD=(python3 "$CLIENT" many --socket "$1/ferryd.sock" --urls "$LISTS/urls.txt" --out "$OUT")
+    fi
 }
 
 show_cmd() {
@@ -292,7 +310,7 @@ timed_run() {
     rm -rf "$OUT"
     mkdir -p "$OUT"
     sync
-    case $tool in ferry) daemon=$FERRY_DAEMON ;; ferry-nosync) daemon=$NOSYNC_DAEMON ;; ferry-base) daemon=$BASE_DAEMON ;; esac
+    case $tool in ferry | ferry-py) daemon=$FERRY_DAEMON ;; ferry-nosync) daemon=$NOSYNC_DAEMON ;; ferry-base) daemon=$BASE_DAEMON ;; esac
     local s0=0 s1=0
     [[ -z $daemon ]] || { d0=$(cpu_ticks "$daemon"); s0=$(thread_ticks "$daemon" ferryd-store); }
     n0=$(cpu_ticks "$worker")
@@ -368,7 +386,7 @@ for t in tools:
           f"| {ratio(t, 'curl')} | {ratio(t, 'aria2c')} |")
 print()
 print("Medians over the runs; CPU columns are medians too. daemon CPU: ferryd's utime+stime during")
-print("the run (the client is Python); store thread: its `ferryd-store` (SQLite writer) thread alone.")
+print("the run (not the client's); store thread: its `ferryd-store` (SQLite writer) thread alone.")
 print("connections: distinct TCP connections in nginx's log (the most requests that were ever in flight at once).")
 print()
 print("Wall seconds per run (the order of the tools rotates by one each run):")

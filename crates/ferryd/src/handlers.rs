@@ -1,6 +1,6 @@
 //! One function per request: validate, act, answer.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferry_proto::{
@@ -226,31 +226,62 @@ async fn attach(
 
 async fn ack(ctx: &Context, session: String, seq: u64) -> Result<Response, ErrorInfo> {
     check_session(&session)?;
-    let acked = ctx
-        .store
-        .write(move |c| Ok((tasks::acknowledge(c, &session, seq)?, Vec::new())))
+    acknowledge(&ctx.store, &ctx.layout, session, seq)
         .await
         .map_err(|e| match e {
             StoreError::NotFound(m) => ErrorInfo::new("unknown_session", m),
             e => internal(e),
         })?;
+    Ok(Response::Done)
+}
+
+/// Acknowledges `session`'s events through `seq` and deletes the inbox and reply files
+/// they free.
+///
+/// Committed without an fsync: a crash of the machine may undo it, and the events then come
+/// again (delivery is at least once; a crash of the daemon keeps it) — unless it frees a
+/// file. That one is made durable before the file goes: an event that comes again must
+/// still find its file.
+async fn acknowledge(
+    store: &Store,
+    layout: &Layout,
+    session: String,
+    seq: u64,
+) -> Result<(), StoreError> {
     // An inbox file has served its purpose once its event is acknowledged: a download's
     // with `finished_downloading`, an upload's reply with `completed`.
-    let (inbox, replies) = (ctx.layout.root.join("inbox"), ctx.layout.replies());
-    for event in acked {
+    let (inbox, replies) = (layout.root.join("inbox"), layout.replies());
+    let frees = move |event: &Event| -> Option<PathBuf> {
         let location = match event {
             Event::FinishedDownloading { location } => location,
             Event::Completed {
                 reply: Some(reply), ..
-            } => reply.location,
-            _ => continue,
+            } => &reply.location,
+            _ => return None,
         };
-        let location = Path::new(&location);
-        if location.starts_with(&inbox) || location.starts_with(&replies) {
-            let _ = std::fs::remove_file(location);
+        let location = Path::new(location);
+        (location.starts_with(&inbox) || location.starts_with(&replies))
+            .then(|| location.to_owned())
+    };
+    let (s, f) = (session.clone(), frees.clone());
+    let relaxed = store
+        .write_relaxed(move |c| tasks::acknowledge(c, &s, seq, |e| f(e).is_some()))
+        .await?;
+    let acked = match relaxed {
+        Some(acked) => acked,
+        None => {
+            store
+                .write(move |c| {
+                    let acked = tasks::acknowledge(c, &session, seq, |_| false)?;
+                    Ok((acked.unwrap_or_default(), Vec::new()))
+                })
+                .await?
         }
+    };
+    for location in acked.iter().filter_map(frees) {
+        let _ = std::fs::remove_file(location);
     }
-    Ok(Response::Done)
+    Ok(())
 }
 
 /// Checks a request of either kind; for an upload, returns its files' identities.
@@ -787,4 +818,62 @@ async fn list_sessions(ctx: &Context) -> Result<Response, ErrorInfo> {
         })
         .collect();
     Ok(Response::Sessions { sessions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An acknowledgement that frees no file is committed without an fsync; one that frees an
+    /// inbox file is durable before the file is deleted.
+    #[tokio::test]
+    async fn an_acknowledgement_is_durable_only_when_it_frees_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            root: dir.path().to_owned(),
+        };
+        let store = Store::open(&layout.database(), Arc::new(Hub::default())).unwrap();
+        let inbox = layout.inbox("s");
+        std::fs::create_dir_all(&inbox).unwrap();
+        let file = inbox.join("1-f");
+        std::fs::write(&file, b"x").unwrap();
+        let location = file.to_str().unwrap().to_owned();
+        let journal = move |c: &rusqlite::Connection| {
+            sessions::ensure(c, "s")?;
+            let plain = Event::Redirected {
+                from: "http://a/".into(),
+                to: "http://b/".into(),
+                status: 301,
+            };
+            tasks::journal_append(c, "s", Some(1), None, plain)?;
+            let frees = Event::FinishedDownloading { location };
+            tasks::journal_append(c, "s", Some(1), None, frees)?;
+            Ok(((), Vec::new()))
+        };
+        store.write(journal).await.unwrap();
+        let backlog = |store: &Store| store.read(|c| tasks::backlog(c, "s")).unwrap().len();
+
+        let before = store.commit_counts();
+        acknowledge(&store, &layout, "s".into(), 1).await.unwrap();
+        let after = store.commit_counts();
+        assert_eq!(
+            (after.relaxed - before.relaxed, after.full - before.full),
+            (1, 0),
+            "an acknowledgement of a plain event needs no fsync"
+        );
+        assert_eq!(backlog(&store), 1);
+        assert!(file.exists());
+
+        let before = after;
+        acknowledge(&store, &layout, "s".into(), 2).await.unwrap();
+        let after = store.commit_counts();
+        assert_eq!(
+            after.full - before.full,
+            1,
+            "the acknowledgement that frees a file is durable"
+        );
+        assert_eq!(backlog(&store), 0);
+        assert!(!file.exists(), "the inbox file goes once acknowledged");
+        store.close();
+    }
 }

@@ -84,6 +84,17 @@ impl Link {
     }
 }
 
+/// The acknowledgement to send without waiting, and whether one is on its way.
+#[derive(Default)]
+struct AckSlot {
+    /// Highest sequence number asked for.
+    wanted: u64,
+    /// Highest sequence number sent.
+    sent: u64,
+    /// A task is sending acknowledgements ([`send_acks`]).
+    in_flight: bool,
+}
+
 /// The state the supervisor keeps between connections.
 struct Shared {
     options: Options,
@@ -96,6 +107,8 @@ struct Shared {
     forwarded: AtomicU64,
     /// Journaled events replayed at the first attach.
     backlog: AtomicU64,
+    /// Acknowledgements asked for without waiting ([`Client::ack_soon`]).
+    acks: Mutex<AckSlot>,
     /// Where events go; dropped when the session is lost for good, which ends the stream.
     events: Mutex<Option<mpsc::UnboundedSender<Result<EventFrame, Error>>>>,
     closed: CancellationToken,
@@ -130,6 +143,7 @@ impl Client {
             fatal: Mutex::new(None),
             forwarded: AtomicU64::new(0),
             backlog: AtomicU64::new(0),
+            acks: Mutex::default(),
             events: Mutex::new(Some(events)),
             closed: CancellationToken::new(),
         });
@@ -141,38 +155,26 @@ impl Client {
     /// Sends a request and waits for its answer, waiting for a connection first if the
     /// daemon is being reconnected to.
     pub(crate) async fn call(&self, request: Request) -> Result<Response, Error> {
-        let link = self.live_link().await?;
-        let (tx, rx) = oneshot::channel();
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        link.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, tx);
-        if link
-            .outbound
-            .send(ClientFrame::Request { id, request })
-            .is_err()
-        {
-            return Err(Error::disconnected("the connection to ferryd closed"));
-        }
-        match rx.await {
-            Ok(answer) => answer.map_err(Error::from),
-            Err(_) => Err(Error::disconnected("the connection to ferryd closed")),
-        }
+        call(&self.shared, request).await
     }
 
-    /// Sends an acknowledgement without waiting for its answer (the next one covers it if
-    /// this one is lost).
+    /// Acknowledges through `seq` without waiting for the answer (the next one covers it if
+    /// this one is lost). At most one such acknowledgement is in flight: those asked for
+    /// meanwhile merge into the highest, sent when its answer comes — an application taking
+    /// thousands of events sends a handful of acks, not one per event.
     pub(crate) fn ack_soon(&self, seq: u64) {
-        let Some(link) = self.shared.link.borrow().clone() else {
+        let mut acks = self
+            .shared
+            .acks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        acks.wanted = acks.wanted.max(seq);
+        if acks.in_flight {
             return;
-        };
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let session = self.shared.options.session.clone();
-        let _ = link.outbound.send(ClientFrame::Request {
-            id,
-            request: Request::Ack { session, seq },
-        });
+        }
+        acks.in_flight = true;
+        drop(acks);
+        tokio::spawn(send_acks(self.shared.clone()));
     }
 
     pub(crate) fn backlog(&self) -> u64 {
@@ -182,30 +184,78 @@ impl Client {
     pub(crate) fn daemon_pid(&self) -> Option<u32> {
         self.shared.link.borrow().as_ref().map(|l| l.daemon_pid)
     }
+}
 
-    async fn live_link(&self) -> Result<Arc<Link>, Error> {
-        let mut watch = self.shared.link.subscribe();
-        let wait = watch.wait_for(|link| link.as_ref().is_some_and(|l| !l.dead.is_cancelled()));
-        let fatal = || {
-            self.shared
-                .fatal
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
+/// Sends a request and waits for its answer, waiting for a connection first if the daemon is
+/// being reconnected to.
+async fn call(shared: &Shared, request: Request) -> Result<Response, Error> {
+    let link = live_link(shared).await?;
+    let (tx, rx) = oneshot::channel();
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    link.pending
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(id, tx);
+    if link
+        .outbound
+        .send(ClientFrame::Request { id, request })
+        .is_err()
+    {
+        return Err(Error::disconnected("the connection to ferryd closed"));
+    }
+    match rx.await {
+        Ok(answer) => answer.map_err(Error::from),
+        Err(_) => Err(Error::disconnected("the connection to ferryd closed")),
+    }
+}
+
+async fn live_link(shared: &Shared) -> Result<Arc<Link>, Error> {
+    let mut watch = shared.link.subscribe();
+    let wait = watch.wait_for(|link| link.as_ref().is_some_and(|l| !l.dead.is_cancelled()));
+    let fatal = || {
+        shared
+            .fatal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    };
+    if let Some(info) = fatal() {
+        return Err(info.into());
+    }
+    tokio::select! {
+        link = tokio::time::timeout(RECONNECT_PATIENCE, wait) => match link {
+            Ok(Ok(link)) => link.clone().ok_or_else(|| Error::disconnected("no connection")),
+            Ok(Err(_)) => Err(fatal().map_or_else(|| Error::disconnected("the session is closed"), Error::from)),
+            Err(_) => Err(Error::disconnected(format!(
+                "ferryd has not been reachable for {} s",
+                RECONNECT_PATIENCE.as_secs()
+            ))),
+        },
+        () = shared.closed.cancelled() => Err(Error::disconnected("the session is closed")),
+    }
+}
+
+/// Sends the acknowledgements [`Client::ack_soon`] asked for, one at a time, each for the
+/// highest sequence number asked for so far, until none is left to send.
+async fn send_acks(shared: Arc<Shared>) {
+    loop {
+        let seq = {
+            let mut acks = shared.acks.lock().unwrap_or_else(PoisonError::into_inner);
+            if acks.wanted <= acks.sent {
+                acks.in_flight = false;
+                return;
+            }
+            acks.sent = acks.wanted;
+            acks.wanted
         };
-        if let Some(info) = fatal() {
-            return Err(info.into());
-        }
-        tokio::select! {
-            link = tokio::time::timeout(RECONNECT_PATIENCE, wait) => match link {
-                Ok(Ok(link)) => link.clone().ok_or_else(|| Error::disconnected("no connection")),
-                Ok(Err(_)) => Err(fatal().map_or_else(|| Error::disconnected("the session is closed"), Error::from)),
-                Err(_) => Err(Error::disconnected(format!(
-                    "ferryd has not been reachable for {} s",
-                    RECONNECT_PATIENCE.as_secs()
-                ))),
-            },
-            () = self.shared.closed.cancelled() => Err(Error::disconnected("the session is closed")),
+        let request = Request::Ack {
+            session: shared.options.session.clone(),
+            seq,
+        };
+        if let Err(e) = call(&shared, request).await {
+            // Not acknowledged: the events come again after a reconnect, or a later ack
+            // covers them.
+            tracing::debug!(error = %e, "an acknowledgement was not made");
         }
     }
 }
@@ -214,6 +264,20 @@ impl Drop for Client {
     fn drop(&mut self) {
         self.shared.closed.cancel();
         if let Some(link) = self.shared.link.borrow().as_ref() {
+            // An acknowledgement asked for but not sent yet goes out with the queue.
+            let acks = self
+                .shared
+                .acks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if acks.wanted > acks.sent {
+                let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                let request = Request::Ack {
+                    session: self.shared.options.session.clone(),
+                    seq: acks.wanted,
+                };
+                let _ = link.outbound.send(ClientFrame::Request { id, request });
+            }
             link.dead.cancel();
         }
     }
@@ -463,5 +527,111 @@ fn frame_error(e: FrameError) -> Error {
             "protocol_error",
             format!("talking to ferryd: {other}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_proto::{Event, EventFrame};
+    use tokio::net::UnixListener;
+
+    use super::*;
+    use crate::Session;
+
+    const EVENTS: u64 = 200;
+
+    /// What the client sends on the wire is the point here, so the peer is a scripted
+    /// daemon: it sends `EVENTS` events, and holds its answer to the first acknowledgement
+    /// until the application has taken them all.
+    #[tokio::test]
+    async fn acknowledgements_of_taken_events_merge_while_one_is_in_flight() {
+        let home = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(home.path().join("ferryd.sock")).unwrap();
+        let (all_taken, taken) = oneshot::channel::<()>();
+        let (report, acks) = oneshot::channel::<Vec<u64>>();
+        let daemon = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut reader, mut writer) = stream.into_split();
+            let hello: ClientFrame = read_frame(&mut reader).await.unwrap();
+            assert!(matches!(hello, ClientFrame::Hello { .. }), "{hello:?}");
+            let welcome = ServerFrame::Welcome {
+                protocol: PROTOCOL_VERSION,
+                daemon_version: "test".into(),
+                pid: std::process::id(),
+            };
+            write_frame(&mut writer, &welcome).await.unwrap();
+            let ClientFrame::Request { id, .. } = read_frame(&mut reader).await.unwrap() else {
+                panic!("expected attach");
+            };
+            let attached = Response::Attached {
+                session: "s".into(),
+                backlog: 0,
+            };
+            let response = ServerFrame::Response {
+                id,
+                response: attached,
+            };
+            write_frame(&mut writer, &response).await.unwrap();
+            for seq in 1..=EVENTS {
+                let event = ServerFrame::Event(EventFrame {
+                    session: "s".into(),
+                    seq: Some(seq),
+                    task: Some(1),
+                    tag: None,
+                    event: Event::Redirected {
+                        from: "http://a/".into(),
+                        to: "http://b/".into(),
+                        status: 301,
+                    },
+                });
+                write_frame(&mut writer, &event).await.unwrap();
+            }
+            let mut taken = Some(taken);
+            let mut acks = Vec::new();
+            while acks.last() != Some(&EVENTS) {
+                let frame: ClientFrame = read_frame(&mut reader).await.unwrap();
+                let ClientFrame::Request {
+                    id,
+                    request: Request::Ack { seq, .. },
+                } = frame
+                else {
+                    panic!("expected an ack, got {frame:?}");
+                };
+                acks.push(seq);
+                if let Some(taken) = taken.take() {
+                    taken.await.unwrap();
+                }
+                let done = ServerFrame::Response {
+                    id,
+                    response: Response::Done,
+                };
+                write_frame(&mut writer, &done).await.unwrap();
+            }
+            report.send(acks).unwrap();
+            // Open until the client goes: an ack still on its way must not break the link.
+            while read_frame::<ClientFrame>(&mut reader).await.is_ok() {}
+        });
+        let session = Session::background("s")
+            .home(home.path())
+            .open()
+            .await
+            .unwrap();
+        let mut events = session.events().unwrap();
+        let mut last = None;
+        for seq in 1..=EVENTS {
+            let event = events.recv().await.unwrap().unwrap();
+            assert_eq!(event.seq(), Some(seq));
+            last = Some(event);
+        }
+        all_taken.send(()).unwrap();
+        events.ack(&last.unwrap()).await.unwrap();
+        let acks = acks.await.unwrap();
+        drop((events, session));
+        daemon.await.unwrap();
+        // One went while events were being taken and was held; the next, sent when its
+        // answer came, covers every event taken meanwhile; the explicit one covers the last.
+        // (Without merging: one per event.)
+        assert!(acks.len() <= 3, "{} acks: {acks:?}", acks.len());
+        assert_eq!(acks.iter().max(), Some(&EVENTS));
     }
 }

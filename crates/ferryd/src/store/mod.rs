@@ -6,7 +6,8 @@
 //! it is durable, and a thousand finishing tasks cost one fsync, not a thousand.
 //!
 //! A *relaxed* job ([`Store::write_relaxed`], [`Store::write_detached_relaxed`]) writes state
-//! that no event announces and that a crash may lose — a run's start, a checkpoint — and can
+//! that no event announces and that a crash may lose — a run's start, a checkpoint, an
+//! acknowledgement that frees no file (undone, its events come again) — and can
 //! publish no events (reads such as `get_task` may see it; after a crash they read the state
 //! before it, as restart normalisation would make them anyway). A batch of relaxed jobs only is committed with
 //! `synchronous=NORMAL`: written to the WAL without an fsync. The WAL is replayed in order up

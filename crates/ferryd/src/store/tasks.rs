@@ -821,9 +821,15 @@ pub fn backlog(conn: &Connection, session: &str) -> Result<Vec<EventFrame>, Stor
     Ok(out)
 }
 
-/// Acknowledges events up to `seq`: deletes them and returns them (the caller removes inbox
-/// files whose `finished_downloading` was acknowledged).
-pub fn acknowledge(conn: &Connection, session: &str, seq: u64) -> Result<Vec<Event>, StoreError> {
+/// Acknowledges events up to `seq`: deletes them and returns them (the caller removes the
+/// inbox and reply files they free) — unless one of them matches `unless`: then nothing is
+/// written and the answer is `None`.
+pub fn acknowledge(
+    conn: &Connection,
+    session: &str,
+    seq: u64,
+    unless: impl Fn(&Event) -> bool,
+) -> Result<Option<Vec<Event>>, StoreError> {
     // Never past what was handed out: an ack from the future must not swallow later events.
     let issued: i64 = row(
         conn,
@@ -834,16 +840,24 @@ pub fn acknowledge(conn: &Connection, session: &str, seq: u64) -> Result<Vec<Eve
     .optional()?
     .ok_or_else(|| StoreError::NotFound(format!("no session {session}")))?;
     let seq = to_i64(seq).min(issued);
-    let mut stmt = conn
-        .prepare_cached("DELETE FROM journal WHERE session = ?1 AND seq <= ?2 RETURNING event")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT event FROM journal WHERE session = ?1 AND seq <= ?2")?;
     let events = stmt
         .query_map((session, seq), |r| r.get::<_, String>(0))?
         .map(|e| Ok(serde_json::from_str(&e?)?))
         .collect::<Result<Vec<Event>, StoreError>>()?;
+    if events.iter().any(unless) {
+        return Ok(None);
+    }
+    exec(
+        conn,
+        "DELETE FROM journal WHERE session = ?1 AND seq <= ?2",
+        (session, seq),
+    )?;
     exec(
         conn,
         "UPDATE sessions SET acked_seq = MAX(acked_seq, ?2) WHERE id = ?1",
         (session, seq),
     )?;
-    Ok(events)
+    Ok(Some(events))
 }
