@@ -460,6 +460,16 @@ fn write_loop(
             tracing::error!(error = %e, "a store transaction failed");
         }
     }
+    // A clean stop leaves everything in the database file and an empty WAL (the reader
+    // connection stays open, so closing this one would not checkpoint it).
+    let checkpoint = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    match checkpoint {
+        Ok(0) => {}
+        Ok(_) => tracing::warn!("the WAL was busy at stop; it is replayed at the next start"),
+        Err(e) => tracing::warn!(error = %e, "could not checkpoint the WAL at stop"),
+    }
 }
 
 /// Session rows.

@@ -106,6 +106,9 @@ async fn sigterm_checkpoints_and_a_restart_continues() {
     let status = daemon.terminate();
     assert!(status.success(), "{status:?}");
     assert!(!home.join("ferryd.sock").exists() && !home.join("ferryd.pid").exists());
+    // A clean stop checkpoints the WAL into the database.
+    let wal = std::fs::metadata(home.join("ferry.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the WAL is empty after a clean stop");
 
     server.clear_log();
     let daemon = Daemon::start(&home).await;
