@@ -211,17 +211,17 @@ PY
 
     # The daemons, started once, not timed.
     start_daemon "$WORKDIR/home-ferry"
-    FERRY_DAEMON=$DAEMON_PID FERRY_SOCK=$DAEMON_SOCK
+    FERRY_DAEMON=$DAEMON_PID
     local tools=(ferry aria2c curl)
     if [[ $NOSYNC == 1 ]]; then
         start_daemon "$WORKDIR/home-nosync" eatmydata
-        NOSYNC_DAEMON=$DAEMON_PID NOSYNC_SOCK=$DAEMON_SOCK
+        NOSYNC_DAEMON=$DAEMON_PID
         tools=(ferry aria2c curl ferry-nosync)
     fi
     [[ $CLIENT_KIND != both ]] || tools+=(ferry-py)
     if [[ -n $BASELINE ]]; then
         DAEMON_BIN=$BIN/ferryd-base start_daemon "$WORKDIR/home-base"
-        BASE_DAEMON=$DAEMON_PID BASE_SOCK=$DAEMON_SOCK
+        BASE_DAEMON=$DAEMON_PID
         tools+=(ferry-base)
     fi
 

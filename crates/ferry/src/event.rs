@@ -97,7 +97,8 @@ pub struct Events {
     receiver: mpsc::UnboundedReceiver<Result<EventFrame, Error>>,
     /// The journaled event taken last, acknowledged when the next is asked for.
     taken: Option<u64>,
-    /// Highest acknowledgement sent without waiting for its answer.
+    /// Highest acknowledgement asked for without waiting for its answer (the session sends
+    /// it, merged with later ones).
     sent: u64,
     /// Highest acknowledgement the daemon has confirmed.
     confirmed: u64,
@@ -125,7 +126,9 @@ impl Events {
     /// Acknowledges `event` and everything before it now, and waits until the daemon has
     /// recorded it — do this (or [`Events::ack_backlog`]) before exiting: the acknowledgement
     /// made by asking for the next event is sent without waiting, and may be lost with the
-    /// process, so the event would come again.
+    /// process, so the event would come again. (Recorded means committed: a crash of the
+    /// daemon keeps it; a crash of the machine may undo an acknowledgement that frees no
+    /// file, and the events then come again — see `docs/PROTOCOL.md`, `ack`.)
     ///
     /// # Errors
     /// When the daemon cannot be reached; the acknowledgement is then made with the next.
@@ -154,9 +157,8 @@ impl Events {
         event.task_id().map(|id| self.session.task(id))
     }
 
-    /// Acknowledges through `seq` and waits for the daemon's answer. The daemon answers a
-    /// connection's requests in order, so the answer also confirms every acknowledgement
-    /// sent before without waiting.
+    /// Acknowledges through `seq` and waits for the daemon's answer; it covers every event
+    /// before, whether or not their acknowledgement without waiting went out.
     async fn ack_through(&mut self, seq: u64) -> Result<(), Error> {
         if seq <= self.confirmed {
             return Ok(());
@@ -166,6 +168,7 @@ impl Events {
             seq,
         };
         self.session.call_done(request).await?;
+        self.session.acknowledged(seq);
         self.confirmed = self.confirmed.max(seq);
         self.sent = self.sent.max(seq);
         Ok(())

@@ -327,6 +327,13 @@ impl Session {
         }
     }
 
+    /// An acknowledgement through `seq` was answered: no merged one below it needs to go.
+    pub(crate) fn acknowledged(&self, seq: u64) {
+        if let Backend::Daemon(client) = &self.inner.backend {
+            client.acknowledged(seq);
+        }
+    }
+
     pub(crate) fn local(&self) -> Option<&local::Runtime> {
         match &self.inner.backend {
             Backend::Local(runtime) => Some(runtime),

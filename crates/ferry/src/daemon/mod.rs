@@ -89,7 +89,7 @@ impl Link {
 struct AckSlot {
     /// Highest sequence number asked for.
     wanted: u64,
-    /// Highest sequence number sent.
+    /// Highest sequence number queued on a connection (or acknowledged explicitly).
     sent: u64,
     /// A task is sending acknowledgements ([`send_acks`]).
     in_flight: bool,
@@ -109,6 +109,8 @@ struct Shared {
     backlog: AtomicU64,
     /// Acknowledgements asked for without waiting ([`Client::ack_soon`]).
     acks: Mutex<AckSlot>,
+    /// The runtime the session was opened on.
+    runtime: tokio::runtime::Handle,
     /// Where events go; dropped when the session is lost for good, which ends the stream.
     events: Mutex<Option<mpsc::UnboundedSender<Result<EventFrame, Error>>>>,
     closed: CancellationToken,
@@ -144,6 +146,7 @@ impl Client {
             forwarded: AtomicU64::new(0),
             backlog: AtomicU64::new(0),
             acks: Mutex::default(),
+            runtime: tokio::runtime::Handle::current(),
             events: Mutex::new(Some(events)),
             closed: CancellationToken::new(),
         });
@@ -174,7 +177,19 @@ impl Client {
         }
         acks.in_flight = true;
         drop(acks);
-        tokio::spawn(send_acks(self.shared.clone()));
+        // On the runtime the session was opened on: the events may be polled elsewhere.
+        self.shared.runtime.spawn(send_acks(self.shared.clone()));
+    }
+
+    /// An acknowledgement through `seq` was made and answered ([`crate::Events::ack`]): no
+    /// merged one below it needs to go.
+    pub(crate) fn acknowledged(&self, seq: u64) {
+        let mut acks = self
+            .shared
+            .acks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        acks.sent = acks.sent.max(seq);
     }
 
     pub(crate) fn backlog(&self) -> u64 {
@@ -190,22 +205,36 @@ impl Client {
 /// being reconnected to.
 async fn call(shared: &Shared, request: Request) -> Result<Response, Error> {
     let link = live_link(shared).await?;
+    let answer = send_request(shared, &link, request)?;
+    answer_of(&link, answer).await
+}
+
+/// Queues `request` on `link`; its answer comes on the returned channel.
+fn send_request(
+    shared: &Shared,
+    link: &Link,
+    request: Request,
+) -> Result<oneshot::Receiver<Answer>, Error> {
     let (tx, rx) = oneshot::channel();
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     link.pending
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(id, tx);
-    if link
-        .outbound
+    link.outbound
         .send(ClientFrame::Request { id, request })
-        .is_err()
-    {
-        return Err(Error::disconnected("the connection to ferryd closed"));
-    }
-    match rx.await {
-        Ok(answer) => answer.map_err(Error::from),
-        Err(_) => Err(Error::disconnected("the connection to ferryd closed")),
+        .map_err(|_| Error::disconnected("the connection to ferryd closed"))?;
+    Ok(rx)
+}
+
+/// Waits for a request's answer, or for its connection's end: a request queued just as the
+/// connection died may have missed the failing of every pending one, and would wait forever.
+async fn answer_of(link: &Link, answer: oneshot::Receiver<Answer>) -> Result<Response, Error> {
+    let closed = || Error::disconnected("the connection to ferryd closed");
+    tokio::select! {
+        biased;
+        answer = answer => answer.map_err(|_| closed())?.map_err(Error::from),
+        () = link.dead.cancelled() => Err(closed()),
     }
 }
 
@@ -236,26 +265,49 @@ async fn live_link(shared: &Shared) -> Result<Arc<Link>, Error> {
 }
 
 /// Sends the acknowledgements [`Client::ack_soon`] asked for, one at a time, each for the
-/// highest sequence number asked for so far, until none is left to send.
+/// highest sequence number asked for so far, until none is left to send or the session is
+/// closed.
 async fn send_acks(shared: Arc<Shared>) {
+    let acks = || shared.acks.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
-        let seq = {
-            let mut acks = shared.acks.lock().unwrap_or_else(PoisonError::into_inner);
+        let Ok(link) = live_link(&shared).await else {
+            // Closed (a dropped session queues what is left itself) or unreachable for long:
+            // the next `ack_soon` tries again.
+            acks().in_flight = false;
+            return;
+        };
+        // Marked sent only once queued, under the lock: `Drop` either sees it queued or
+        // queues it itself.
+        let (seq, before, answer) = {
+            let mut acks = acks();
             if acks.wanted <= acks.sent {
                 acks.in_flight = false;
                 return;
             }
-            acks.sent = acks.wanted;
-            acks.wanted
+            let seq = acks.wanted;
+            let request = Request::Ack {
+                session: shared.options.session.clone(),
+                seq,
+            };
+            let Ok(answer) = send_request(&shared, &link, request) else {
+                continue; // the link is dead: wait for the next one
+            };
+            let before = std::mem::replace(&mut acks.sent, seq);
+            (seq, before, answer)
         };
-        let request = Request::Ack {
-            session: shared.options.session.clone(),
-            seq,
-        };
-        if let Err(e) = call(&shared, request).await {
-            // Not acknowledged: the events come again after a reconnect, or a later ack
-            // covers them.
-            tracing::debug!(error = %e, "an acknowledgement was not made");
+        match answer_of(&link, answer).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Disconnected => {
+                // Maybe not recorded: send it again on the next connection (its replay of
+                // these events is dropped here as already handed out, so only an ack covers
+                // them).
+                let mut acks = acks();
+                if acks.sent == seq {
+                    acks.sent = before;
+                }
+            }
+            // Refused (the session is gone): nothing to repeat.
+            Err(e) => tracing::debug!(error = %e, "an acknowledgement was refused"),
         }
     }
 }
@@ -265,12 +317,13 @@ impl Drop for Client {
         self.shared.closed.cancel();
         if let Some(link) = self.shared.link.borrow().as_ref() {
             // An acknowledgement asked for but not sent yet goes out with the queue.
-            let acks = self
+            let mut acks = self
                 .shared
                 .acks
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if acks.wanted > acks.sent {
+                acks.sent = acks.wanted;
                 let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
                 let request = Request::Ack {
                     session: self.shared.options.session.clone(),
@@ -540,6 +593,100 @@ mod tests {
 
     const EVENTS: u64 = 200;
 
+    type Reader = tokio::net::unix::OwnedReadHalf;
+    type Writer = tokio::net::unix::OwnedWriteHalf;
+
+    /// Accepts a connection and answers its hello and attach.
+    async fn accept(listener: &UnixListener) -> (Reader, Writer) {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        let hello: ClientFrame = read_frame(&mut reader).await.unwrap();
+        assert!(matches!(hello, ClientFrame::Hello { .. }), "{hello:?}");
+        let welcome = ServerFrame::Welcome {
+            protocol: PROTOCOL_VERSION,
+            daemon_version: "test".into(),
+            pid: std::process::id(),
+        };
+        write_frame(&mut writer, &welcome).await.unwrap();
+        let ClientFrame::Request { id, .. } = read_frame(&mut reader).await.unwrap() else {
+            panic!("expected attach");
+        };
+        let attached = Response::Attached {
+            session: "s".into(),
+            backlog: 0,
+        };
+        let response = ServerFrame::Response {
+            id,
+            response: attached,
+        };
+        write_frame(&mut writer, &response).await.unwrap();
+        (reader, writer)
+    }
+
+    async fn send_events(writer: &mut Writer, seqs: std::ops::RangeInclusive<u64>) {
+        for seq in seqs {
+            let event = ServerFrame::Event(EventFrame {
+                session: "s".into(),
+                seq: Some(seq),
+                task: Some(1),
+                tag: None,
+                event: Event::Redirected {
+                    from: "http://a/".into(),
+                    to: "http://b/".into(),
+                    status: 301,
+                },
+            });
+            write_frame(writer, &event).await.unwrap();
+        }
+    }
+
+    /// The next frame, which must be an ack: its request id and sequence number.
+    async fn next_ack(reader: &mut Reader) -> (u64, u64) {
+        let frame: ClientFrame = read_frame(reader).await.unwrap();
+        match frame {
+            ClientFrame::Request {
+                id,
+                request: Request::Ack { seq, .. },
+            } => (id, seq),
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+
+    /// An acknowledgement whose connection died before its answer is sent again on the next
+    /// connection: the replayed events are dropped by the client as already handed out, so
+    /// nothing else would ever acknowledge them.
+    #[tokio::test]
+    async fn an_acknowledgement_cut_off_by_a_reconnect_is_sent_again() {
+        let home = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(home.path().join("ferryd.sock")).unwrap();
+        let daemon = tokio::spawn(async move {
+            let (mut reader, mut writer) = accept(&listener).await;
+            send_events(&mut writer, 1..=3).await;
+            let (_, first) = next_ack(&mut reader).await;
+            drop((reader, writer)); // no answer: the connection ends
+            let (mut reader, _writer) = accept(&listener).await;
+            let (_, again) = next_ack(&mut reader).await;
+            (first, again)
+        });
+        let session = Session::background("s")
+            .home(home.path())
+            .open()
+            .await
+            .unwrap();
+        let mut events = session.events().unwrap();
+        for _ in 0..3 {
+            events.recv().await.unwrap().unwrap();
+        }
+        // Asking for a fourth event acknowledges the third; none comes.
+        let fourth = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;
+        assert!(fourth.is_err(), "{fourth:?}");
+        let (first, again) = tokio::time::timeout(Duration::from_secs(20), daemon)
+            .await
+            .expect("no acknowledgement on the new connection")
+            .unwrap();
+        assert!(again >= first, "{first} then {again}");
+    }
+
     /// What the client sends on the wire is the point here, so the peer is a scripted
     /// daemon: it sends `EVENTS` events, and holds its answer to the first acknowledgement
     /// until the application has taken them all.
@@ -550,53 +697,12 @@ mod tests {
         let (all_taken, taken) = oneshot::channel::<()>();
         let (report, acks) = oneshot::channel::<Vec<u64>>();
         let daemon = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (mut reader, mut writer) = stream.into_split();
-            let hello: ClientFrame = read_frame(&mut reader).await.unwrap();
-            assert!(matches!(hello, ClientFrame::Hello { .. }), "{hello:?}");
-            let welcome = ServerFrame::Welcome {
-                protocol: PROTOCOL_VERSION,
-                daemon_version: "test".into(),
-                pid: std::process::id(),
-            };
-            write_frame(&mut writer, &welcome).await.unwrap();
-            let ClientFrame::Request { id, .. } = read_frame(&mut reader).await.unwrap() else {
-                panic!("expected attach");
-            };
-            let attached = Response::Attached {
-                session: "s".into(),
-                backlog: 0,
-            };
-            let response = ServerFrame::Response {
-                id,
-                response: attached,
-            };
-            write_frame(&mut writer, &response).await.unwrap();
-            for seq in 1..=EVENTS {
-                let event = ServerFrame::Event(EventFrame {
-                    session: "s".into(),
-                    seq: Some(seq),
-                    task: Some(1),
-                    tag: None,
-                    event: Event::Redirected {
-                        from: "http://a/".into(),
-                        to: "http://b/".into(),
-                        status: 301,
-                    },
-                });
-                write_frame(&mut writer, &event).await.unwrap();
-            }
+            let (mut reader, mut writer) = accept(&listener).await;
+            send_events(&mut writer, 1..=EVENTS).await;
             let mut taken = Some(taken);
             let mut acks = Vec::new();
             while acks.last() != Some(&EVENTS) {
-                let frame: ClientFrame = read_frame(&mut reader).await.unwrap();
-                let ClientFrame::Request {
-                    id,
-                    request: Request::Ack { seq, .. },
-                } = frame
-                else {
-                    panic!("expected an ack, got {frame:?}");
-                };
+                let (id, seq) = next_ack(&mut reader).await;
                 acks.push(seq);
                 if let Some(taken) = taken.take() {
                     taken.await.unwrap();

@@ -168,7 +168,8 @@ impl Store {
     /// Like [`Store::write`] for state no event announces and that a crash may lose (it then
     /// reads as it did before): committed without an fsync when only relaxed jobs share the
     /// transaction, made durable by the next durable commit. Publishes no events. Do not
-    /// announce what it wrote before a durable commit follows.
+    /// announce what it wrote before a durable commit follows — unless losing it is harmless
+    /// to whoever was told (an acknowledgement: its events only come again).
     pub async fn write_relaxed<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
@@ -392,8 +393,8 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        // Relaxed jobs publish no events and answer no client: a batch of only those needs
-        // no fsync. Any other job makes the commit durable, with every relaxed one before it.
+        // Relaxed jobs publish no events and promise no client anything a crash could break:
+        // a batch of only those needs no fsync. Any other job makes the commit durable, with every relaxed one before it.
         let relaxed = batch.iter().all(|j| j.relaxed);
         // A durable batch that cannot get FULL back is rolled back, never committed relaxed.
         let mut unsafe_level = None;
