@@ -117,6 +117,10 @@ struct Shared {
 }
 
 impl Shared {
+    fn acks(&self) -> std::sync::MutexGuard<'_, AckSlot> {
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn send_event(&self, item: Result<EventFrame, Error>) {
         if let Some(events) = &*self.events.lock().unwrap_or_else(PoisonError::into_inner) {
             let _ = events.send(item);
@@ -166,11 +170,7 @@ impl Client {
     /// meanwhile merge into the highest, sent when its answer comes — an application taking
     /// thousands of events sends a handful of acks, not one per event.
     pub(crate) fn ack_soon(&self, seq: u64) {
-        let mut acks = self
-            .shared
-            .acks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut acks = self.shared.acks();
         acks.wanted = acks.wanted.max(seq);
         if acks.in_flight {
             return;
@@ -184,11 +184,7 @@ impl Client {
     /// An acknowledgement through `seq` was made and answered ([`crate::Events::ack`]): no
     /// merged one below it needs to go.
     pub(crate) fn acknowledged(&self, seq: u64) {
-        let mut acks = self
-            .shared
-            .acks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut acks = self.shared.acks();
         acks.sent = acks.sent.max(seq);
     }
 
@@ -268,18 +264,17 @@ async fn live_link(shared: &Shared) -> Result<Arc<Link>, Error> {
 /// highest sequence number asked for so far, until none is left to send or the session is
 /// closed.
 async fn send_acks(shared: Arc<Shared>) {
-    let acks = || shared.acks.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         let Ok(link) = live_link(&shared).await else {
             // Closed (a dropped session queues what is left itself) or unreachable for long:
             // the next `ack_soon` tries again.
-            acks().in_flight = false;
+            shared.acks().in_flight = false;
             return;
         };
         // Marked sent only once queued, under the lock: `Drop` either sees it queued or
         // queues it itself.
         let (seq, before, answer) = {
-            let mut acks = acks();
+            let mut acks = shared.acks();
             if acks.wanted <= acks.sent {
                 acks.in_flight = false;
                 return;
@@ -301,7 +296,7 @@ async fn send_acks(shared: Arc<Shared>) {
                 // Maybe not recorded: send it again on the next connection (its replay of
                 // these events is dropped here as already handed out, so only an ack covers
                 // them).
-                let mut acks = acks();
+                let mut acks = shared.acks();
                 if acks.sent == seq {
                     acks.sent = before;
                 }
@@ -317,11 +312,7 @@ impl Drop for Client {
         self.shared.closed.cancel();
         if let Some(link) = self.shared.link.borrow().as_ref() {
             // An acknowledgement asked for but not sent yet goes out with the queue.
-            let mut acks = self
-                .shared
-                .acks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut acks = self.shared.acks();
             if acks.wanted > acks.sent {
                 acks.sent = acks.wanted;
                 let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
