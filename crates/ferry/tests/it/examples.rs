@@ -136,3 +136,57 @@ async fn in_process_example_needs_no_daemon() {
     assert_eq!(std::fs::read(&dest).unwrap(), content(3, 0, 50_000));
     assert!(home.daemons().is_empty(), "no daemon was started");
 }
+
+/// The small-files benchmark's client: every file in place, and every event acknowledged —
+/// a second run in the same session refuses to start if any was left in the journal.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_example_downloads_everything_and_acknowledges_it() {
+    let server = TestServer::start().unwrap();
+    let home = Home::new();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("urls.txt");
+    let urls: Vec<String> = (0..40u64)
+        .map(|i| server.url(&format!("/bytes/{}?seed={i}", 1000 + i)))
+        .collect();
+    std::fs::write(&list, urls.join("\n")).unwrap();
+    for round in 0..2 {
+        let out = dir.path().join(format!("out{round}"));
+        std::fs::create_dir(&out).unwrap();
+        let args = [
+            "--urls",
+            list.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let done = run("many", home.path(), &args);
+        let report = String::from_utf8_lossy(&done.stderr);
+        assert!(report.contains("tasks=40 "), "{report}");
+        for i in 0..40u64 {
+            let file = out.join(format!("f{i:04}"));
+            assert_eq!(std::fs::read(&file).unwrap(), content(i, 0, 1000 + i));
+        }
+    }
+
+    // A download that fails makes the client fail, naming it.
+    std::fs::write(&list, server.url("/bytes/10?status=404")).unwrap();
+    let out = dir.path().join("out-bad");
+    std::fs::create_dir(&out).unwrap();
+    let failed = Command::new(example("many"))
+        .args([
+            "--urls",
+            list.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--session", "bad"])
+        .env("FERRY_HOME", home.path())
+        .env("FERRY_DAEMON", ferryd_program())
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    let message = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        message.contains("1 of 1 downloads did not succeed"),
+        "{message}"
+    );
+}
