@@ -661,6 +661,8 @@ mod tests {
         });
         let session = Session::background("s")
             .home(home.path())
+            // Never a real daemon: reconnects find no socket once the script ends.
+            .daemon_program(home.path().join("no-ferryd"))
             .open()
             .await
             .unwrap();
@@ -710,6 +712,8 @@ mod tests {
         });
         let session = Session::background("s")
             .home(home.path())
+            // Never a real daemon: reconnects find no socket once the script ends.
+            .daemon_program(home.path().join("no-ferryd"))
             .open()
             .await
             .unwrap();
