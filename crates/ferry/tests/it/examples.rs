@@ -32,13 +32,18 @@ fn running_instances(program: &Path) -> usize {
         .count()
 }
 
-fn run(name: &str, home: &Path, args: &[&str]) -> Output {
-    let out = Command::new(example(name))
+/// The example `name` with `args`, against the daemon of `home`.
+fn command(name: &str, home: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(example(name));
+    command
         .args(args)
         .env("FERRY_HOME", home)
-        .env("FERRY_DAEMON", ferryd_program())
-        .output()
-        .unwrap();
+        .env("FERRY_DAEMON", ferryd_program());
+    command
+}
+
+fn run(name: &str, home: &Path, args: &[&str]) -> Output {
+    let out = command(name, home, args).output().unwrap();
     assert!(
         out.status.success(),
         "{name} {args:?}: {}\n{}",
@@ -171,18 +176,15 @@ async fn many_example_downloads_everything_and_acknowledges_it() {
     std::fs::write(&list, server.url("/bytes/10?status=404")).unwrap();
     let out = dir.path().join("out-bad");
     std::fs::create_dir(&out).unwrap();
-    let failed = Command::new(example("many"))
-        .args([
-            "--urls",
-            list.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .args(["--session", "bad"])
-        .env("FERRY_HOME", home.path())
-        .env("FERRY_DAEMON", ferryd_program())
-        .output()
-        .unwrap();
+    let args = [
+        "--urls",
+        list.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--session",
+        "bad",
+    ];
+    let failed = command("many", home.path(), &args).output().unwrap();
     assert!(!failed.status.success());
     let message = String::from_utf8_lossy(&failed.stderr);
     assert!(
