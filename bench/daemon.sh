@@ -12,6 +12,9 @@
 #   NOSYNC        1: also run "ferry-nosync", a second daemon under eatmydata (fsync and
 #                 fdatasync become no-ops) - a diagnostic of what durability costs, not a
 #                 valid configuration; 0: skip it                      (default 1)
+#   CURL_SYNC     1: also run "curl+sync": curl, then `sync -f OUT` (one syncfs of the output's
+#                 file system) - curl with its files made durable, the fairer comparison for a
+#                 daemon that syncs every file; 0: skip it                 (default 1)
 #   BASELINE      path of another ferryd binary (e.g. one built before a change): adds the tool
 #                 "ferry-base", the same client against a daemon running that binary, rotated
 #                 with the others - a before/after comparison under the same load   (default none)
@@ -37,8 +40,9 @@
 #   keepalive_requests 10000, 1 worker) on 127.0.0.1. Tools: ferry (the client named by CLIENT
 #   against a ferryd started beforehand with FERRY_MAX_RUNNING=16, session config
 #   max_concurrent 16 / max_per_host 16), aria2c -j16 -x1, curl --parallel --parallel-max 16.
-#   Each run goes into a fresh empty folder; the order of the tools rotates by one each run;
-#   every output file's size and MD5 are checked after every run. Tables report medians.
+#   Each run goes into a fresh empty folder; the order of the tools rotates by one each run.
+#   With CURL_SYNC=1 also curl+sync (above). Every output file's size and MD5 are checked
+#   after every run. Tables report medians.
 # queue: a fresh ferryd; TASKS suspended tasks created with create_downloads (batches of
 #   2000), then the daemon's VmRSS/VmHWM, then LIST_RUNS full listings (list_tasks, following
 #   `next`).
@@ -52,6 +56,7 @@ FILE_SIZE=${FILE_SIZE:-16384}
 TASKS=${TASKS:-100000}
 LIST_RUNS=${LIST_RUNS:-3}
 NOSYNC=${NOSYNC:-1}
+CURL_SYNC=${CURL_SYNC:-1}
 PROFILE=${PROFILE:-1}
 PERF=${PERF:-0}
 OUTPUTS=${OUTPUTS:-aside}
@@ -213,10 +218,11 @@ PY
     start_daemon "$WORKDIR/home-ferry"
     FERRY_DAEMON=$DAEMON_PID
     local tools=(ferry aria2c curl)
+    [[ $CURL_SYNC != 1 ]] || tools+=(curl+sync)
     if [[ $NOSYNC == 1 ]]; then
         start_daemon "$WORKDIR/home-nosync" eatmydata
         NOSYNC_DAEMON=$DAEMON_PID
-        tools=(ferry aria2c curl ferry-nosync)
+        tools+=(ferry-nosync)
     fi
     [[ $CLIENT_KIND != both ]] || tools+=(ferry-py)
     if [[ -n $BASELINE ]]; then
@@ -275,6 +281,9 @@ set_cmd() {
             --file-allocation=none)
         ;;
     curl) CMD=(curl --parallel --parallel-max 16 -s -K "$LISTS/curl.cfg") ;;
+    # curl, then one syncfs(2) of OUT's file system: the cheapest way to make curl's files
+    # durable (ferry syncs each file before its rename and the folder after it, SPEC §10).
+    curl+sync) CMD=(sh -c 'curl --parallel --parallel-max 16 -s -K "$1" && exec sync -f "$2"' sh "$LISTS/curl.cfg" "$OUT") ;;
     *) die "unknown tool $1" ;;
     esac
 }
@@ -374,8 +383,8 @@ def m(t, k):
 def ratio(t, ref):
     return f"{med[t] / med[ref]:.2f}" if ref in med else "-"
 
-print("| tool | median s | files/s | min s | max s | client CPU s (user+sys) | daemon CPU s | store thread CPU s | nginx CPU s | connections | ÷ curl | ÷ aria2c |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| tool | median s | files/s | min s | max s | client CPU s (user+sys) | daemon CPU s | store thread CPU s | nginx CPU s | connections | ÷ curl | ÷ curl+sync | ÷ aria2c |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for t in tools:
     ws = [x["wall"] for x in runs[t]]
     d = m(t, "dcpu")
@@ -383,7 +392,7 @@ for t in tools:
     print(f"| {t} | {med[t]:.3f} | {files / med[t]:.0f} | {min(ws):.3f} | {max(ws):.3f} "
           f"| {statistics.median(x['user'] + x['sys'] for x in runs[t]):.2f} "
           f"| {'-' if d is None else f'{d:.2f}'} | {'-' if sc is None else f'{sc:.2f}'} | {m(t, 'ncpu'):.2f} | {m(t, 'conns'):.0f} "
-          f"| {ratio(t, 'curl')} | {ratio(t, 'aria2c')} |")
+          f"| {ratio(t, 'curl')} | {ratio(t, 'curl+sync')} | {ratio(t, 'aria2c')} |")
 print()
 print("Medians over the runs; CPU columns are medians too. daemon CPU: ferryd's utime+stime during")
 print("the run (not the client's); store thread: its `ferryd-store` (SQLite writer) thread alone.")
@@ -410,6 +419,9 @@ if {"ferry", "aria2c", "curl"} <= med.keys():
     c = med["ferry"] / med["curl"]
     print(f"- target ferry/aria2c ≤ 0.5 (2× faster): {med['ferry']:.3f} / {med['aria2c']:.3f} = {a:.2f} → **{verdict(a <= 0.5)}**")
     print(f"- target ferry/curl ≤ 2.0: {med['ferry']:.3f} / {med['curl']:.3f} = {c:.2f} → **{verdict(c <= 2.0)}**")
+if {"ferry", "curl+sync"} <= med.keys():
+    print(f"- comparison with durable output: ferry/curl+sync = {med['ferry']:.3f} / {med['curl+sync']:.3f} = "
+          f"{med['ferry'] / med['curl+sync']:.2f} (curl+sync/curl = {ratio('curl+sync', 'curl')})")
 if "ferry-nosync" in med:
     print(f"- diagnostic: ferry-nosync (ferryd under eatmydata: no fsync/fdatasync) {med['ferry-nosync']:.3f} s = "
           f"{med['ferry-nosync'] / med['ferry']:.2f}× ferry, {ratio('ferry-nosync', 'aria2c')}× aria2c, {ratio('ferry-nosync', 'curl')}× curl")
