@@ -13,7 +13,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ferry::{Daemon, ErrorKind, OutcomeKind, TaskId, TaskInfo, TaskState};
+use ferry::{Daemon, OutcomeKind, RemovedTask, TaskId, TaskInfo, TaskState};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{client, exit, format};
@@ -21,26 +21,29 @@ use crate::{client, exit, format};
 /// Polls start fast (a small file is done in milliseconds) and slow down to four a second.
 const FIRST_POLL: Duration = Duration::from_millis(10);
 const POLL: Duration = Duration::from_millis(250);
-/// Ask for tasks one by one up to this many; list the scope's tasks beyond it.
-const SINGLE_LOOKUPS: usize = 64;
-
 /// Which tasks to follow.
 pub enum Scope {
-    /// These tasks (their session, when known, makes listing cheaper).
-    Tasks {
-        ids: Vec<TaskId>,
-        session: Option<String>,
-    },
+    /// These tasks, of any sessions.
+    Tasks(Vec<TaskId>),
     /// Whatever is unfinished in this session (all sessions: `None`), until none is.
     Unfinished { session: Option<String> },
 }
 
 /// How the tasks ended.
 pub enum Ending {
-    /// Every followed task completed; the last state of each.
-    Completed(Vec<TaskInfo>),
+    /// Every followed task completed.
+    Completed(Completed),
     /// Ctrl-C: the transfers go on.
     Interrupted,
+}
+
+/// The followed tasks once they have all completed.
+#[derive(Default)]
+pub struct Completed {
+    /// The last state of each, in id order.
+    pub tasks: Vec<TaskInfo>,
+    /// Those another client removed meanwhile (or before): how each had ended.
+    pub removed: Vec<RemovedTask>,
 }
 
 /// How progress is shown.
@@ -70,6 +73,7 @@ pub async fn follow(daemon: &Daemon, scope: Scope, style: Style) -> Result<Endin
         .context("while watching Ctrl-C")?;
     let mut display = Display::new(style);
     let mut done: BTreeMap<TaskId, TaskInfo> = BTreeMap::new();
+    let mut removed: BTreeMap<TaskId, RemovedTask> = BTreeMap::new();
     // Tasks seen unfinished: their completion is reported even when it falls between polls.
     let mut seen: HashSet<TaskId> = HashSet::new();
     let mut backoff = Duration::ZERO;
@@ -83,7 +87,14 @@ pub async fn follow(daemon: &Daemon, scope: Scope, style: Style) -> Result<Endin
                 return Ok(Ending::Interrupted);
             }
         }
-        let tasks = read(daemon, &scope, &done, &seen).await?;
+        let Polled {
+            tasks,
+            removed: gone,
+        } = read(daemon, &scope, &done, &removed, &seen).await?;
+        for tombstone in gone {
+            display.removed(&tombstone)?;
+            removed.insert(tombstone.id, tombstone);
+        }
         for task in &tasks {
             if matches!(task.state, TaskState::Completed { .. }) && !done.contains_key(&task.id) {
                 display.finished(task)?;
@@ -104,12 +115,17 @@ pub async fn follow(daemon: &Daemon, scope: Scope, style: Style) -> Result<Endin
             None => backoff,
         };
         let finished = match &scope {
-            Scope::Tasks { ids, .. } => ids.iter().all(|id| done.contains_key(id)),
+            Scope::Tasks(ids) => ids
+                .iter()
+                .all(|id| done.contains_key(id) || removed.contains_key(id)),
             Scope::Unfinished { .. } => open.is_empty(),
         };
         if finished {
             display.clear();
-            return Ok(Ending::Completed(done.into_values().collect()));
+            return Ok(Ending::Completed(Completed {
+                tasks: done.into_values().collect(),
+                removed: removed.into_values().collect(),
+            }));
         }
     }
 }
@@ -145,73 +161,58 @@ impl EndGuess {
     }
 }
 
-/// The followed tasks' current states (completed ones already reported are left out).
+/// One look at the followed tasks.
+struct Polled {
+    /// Their current states (completed ones already reported are left out).
+    tasks: Vec<TaskInfo>,
+    /// Those found removed since the last look.
+    removed: Vec<RemovedTask>,
+}
+
 async fn read(
     daemon: &Daemon,
     scope: &Scope,
     done: &BTreeMap<TaskId, TaskInfo>,
+    removed: &BTreeMap<TaskId, RemovedTask>,
     seen: &HashSet<TaskId>,
-) -> Result<Vec<TaskInfo>> {
+) -> Result<Polled> {
     match scope {
-        Scope::Tasks { ids, session } => {
+        Scope::Tasks(ids) => {
             let open: Vec<TaskId> = ids
                 .iter()
                 .copied()
-                .filter(|id| !done.contains_key(id))
+                .filter(|id| !done.contains_key(id) && !removed.contains_key(id))
                 .collect();
-            if open.len() <= SINGLE_LOOKUPS {
-                let mut tasks = Vec::with_capacity(open.len());
-                for id in open {
-                    tasks.push(task_or_gone(daemon, id).await?);
-                }
-                Ok(tasks)
-            } else {
-                let mut listed: HashMap<TaskId, TaskInfo> = daemon
-                    .tasks(session.as_deref())
-                    .await?
-                    .into_iter()
-                    .map(|t| (t.id, t))
-                    .collect();
-                let mut tasks = Vec::with_capacity(open.len());
-                for id in open {
-                    tasks.push(match listed.remove(&id) {
-                        Some(task) => task,
-                        None => task_or_gone(daemon, id).await?,
-                    });
-                }
-                Ok(tasks)
+            let found = daemon.tasks_by_id(&open).await?;
+            // A task removed long ago, or never created, is a mistake in the command line.
+            if let Some(id) = found.unknown.first() {
+                anyhow::bail!("there is no task {id}");
             }
-        }
-        Scope::Unfinished { session } => Ok(daemon
-            .tasks(session.as_deref())
-            .await?
-            .into_iter()
-            .filter(|t| {
-                let completed = matches!(t.state, TaskState::Completed { .. });
-                !completed || (seen.contains(&t.id) && !done.contains_key(&t.id))
+            Ok(Polled {
+                tasks: found.tasks,
+                removed: found.removed,
             })
-            .collect()),
-    }
-}
-
-/// A task removed while being followed (or never there) stops the command with an error
-/// naming it.
-async fn task_or_gone(daemon: &Daemon, id: TaskId) -> Result<TaskInfo> {
-    match daemon.task(id).await {
-        Ok(task) => Ok(task),
-        Err(e) if e.kind() == ErrorKind::NotFound => Err(anyhow::Error::new(e).context(format!(
-            "task {id} no longer exists (removed by another client?)"
-        ))),
-        Err(e) => Err(e.into()),
+        }
+        Scope::Unfinished { session } => Ok(Polled {
+            tasks: daemon
+                .tasks(session.as_deref())
+                .await?
+                .into_iter()
+                .filter(|t| {
+                    let completed = matches!(t.state, TaskState::Completed { .. });
+                    !completed || (seen.contains(&t.id) && !done.contains_key(&t.id))
+                })
+                .collect(),
+            removed: Vec::new(),
+        }),
     }
 }
 
 /// The exit status for tasks that completed: 0 if all succeeded.
-pub fn exit_status(tasks: &[TaskInfo]) -> u8 {
+pub fn exit_status(completed: &Completed) -> u8 {
     let outcome = |o| {
-        tasks
-            .iter()
-            .any(|t| t.state == TaskState::Completed { outcome: o })
+        let task = |t: &TaskInfo| t.state == TaskState::Completed { outcome: o };
+        completed.tasks.iter().any(task) || completed.removed.iter().any(|r| r.outcome == o)
     };
     if outcome(OutcomeKind::Failed) {
         exit::FAILED
@@ -247,6 +248,15 @@ pub fn result_line(task: &TaskInfo) -> String {
     }
 }
 
+/// `7 succeeded (removed since)`: a followed task another client removed.
+pub fn removed_line(tombstone: &RemovedTask) -> String {
+    format!(
+        "{} {} (removed since)",
+        tombstone.id,
+        tombstone.outcome.name()
+    )
+}
+
 /// A short name for a task: its file's name, else the URL's last segment.
 fn label(task: &TaskInfo) -> String {
     let path = task.location.as_deref().or(task.destination.as_deref());
@@ -279,11 +289,19 @@ impl Display {
     }
 
     fn finished(&mut self, task: &TaskInfo) -> Result<()> {
-        let line = result_line(task);
+        self.ended(task.id, result_line(task))
+    }
+
+    fn removed(&mut self, tombstone: &RemovedTask) -> Result<()> {
+        self.ended(tombstone.id, removed_line(tombstone))
+    }
+
+    /// A task's result line, in place of its bar.
+    fn ended(&mut self, id: TaskId, line: String) -> Result<()> {
         match self {
             Display::Silent => Ok(()),
             Display::Bars(bars) => {
-                if let Some(bar) = bars.tasks.remove(&task.id) {
+                if let Some(bar) = bars.tasks.remove(&id) {
                     bar.finish_and_clear();
                     bars.multi.remove(&bar);
                 }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use ferry::{Headers, TaskInfo, TaskKind};
+use ferry::{Headers, RemovedTask, TaskInfo, TaskKind};
 use serde_json::{Value, json};
 
 /// `512 B`, `1.5 KiB`, `20.0 MiB` (binary units, as `ls -h` and curl use).
@@ -55,6 +55,16 @@ pub fn destination(task: &TaskInfo) -> String {
         .clone()
         .or_else(|| task.destination.clone())
         .unwrap_or_else(|| "(inbox)".to_owned())
+}
+
+/// A followed task another client removed: what is known of it.
+pub fn removed_json(tombstone: &RemovedTask) -> Value {
+    json!({
+        "id": tombstone.id,
+        "session": tombstone.session,
+        "state": tombstone.outcome.name(),
+        "removed": true,
+    })
 }
 
 /// A task for `--json`: stable names, raw numbers, the state as one word.

@@ -12,7 +12,7 @@ use clap::Args;
 use ferry::{DownloadBuilder, Session, Task};
 
 use crate::client::{self, PriorityArg, usage};
-use crate::follow::{self, Ending, Scope, Style};
+use crate::follow::{self, Completed, Ending, Scope, Style};
 use crate::{exit, format, input};
 
 /// Options of `ferry get`.
@@ -112,7 +112,7 @@ pub async fn watch_until_done(
     json: bool,
     quiet: bool,
 ) -> Result<ExitCode> {
-    match watch(ids.clone(), session, Style::of(json, quiet)).await? {
+    match watch(ids.clone(), Style::of(json, quiet)).await? {
         Watched::Completed(done) => report(&done, json),
         Watched::Interrupted => Ok(interrupted(&ids, session)),
     }
@@ -121,28 +121,33 @@ pub async fn watch_until_done(
 /// How watching ended.
 pub enum Watched {
     /// Every task completed; their final states.
-    Completed(Vec<ferry::TaskInfo>),
+    Completed(Completed),
     /// Ctrl-C: the command stops watching, the transfers go on.
     Interrupted,
 }
 
 /// Shows the tasks' progress until they have all completed (or Ctrl-C).
-pub async fn watch(ids: Vec<ferry::TaskId>, session: &str, style: Style) -> Result<Watched> {
+pub async fn watch(ids: Vec<ferry::TaskId>, style: Style) -> Result<Watched> {
     let daemon = client::daemon(true).await?;
-    let scope = Scope::Tasks {
-        ids,
-        session: Some(session.to_owned()),
-    };
-    Ok(match follow::follow(&daemon, scope, style).await? {
-        Ending::Completed(done) => Watched::Completed(done),
-        Ending::Interrupted => Watched::Interrupted,
-    })
+    Ok(
+        match follow::follow(&daemon, Scope::Tasks(ids), style).await? {
+            Ending::Completed(done) => Watched::Completed(done),
+            Ending::Interrupted => Watched::Interrupted,
+        },
+    )
 }
 
 /// Prints the final states (with `--json`) and gives the exit status they mean.
-pub fn report(done: &[ferry::TaskInfo], json: bool) -> Result<ExitCode> {
+pub fn report(done: &Completed, json: bool) -> Result<ExitCode> {
     if json {
-        let list: Vec<_> = done.iter().map(format::task_json).collect();
+        let mut list: Vec<_> = done
+            .tasks
+            .iter()
+            .map(|t| (t.id, format::task_json(t)))
+            .chain(done.removed.iter().map(|r| (r.id, format::removed_json(r))))
+            .collect();
+        list.sort_by_key(|(id, _)| *id);
+        let list = list.into_iter().map(|(_, json)| json).collect();
         client::print_json(&serde_json::Value::Array(list))?;
     }
     Ok(ExitCode::from(follow::exit_status(done)))

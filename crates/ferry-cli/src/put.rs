@@ -207,9 +207,17 @@ async fn run(mut upload: UploadBuilder, options: &UploadOptions) -> Result<ExitC
         true => Style::Silent,
         false => Style::of(options.json, options.quiet),
     };
-    match get::watch(vec![task.id()], session, style).await? {
+    match get::watch(vec![task.id()], style).await? {
         Watched::Completed(done) => {
-            if let (Some(dest), Some(task)) = (&options.reply, done.first()) {
+            if let Some(dest) = &options.reply {
+                // Removed by another client before its end was seen: the reply went with it.
+                let Some(task) = done.tasks.first() else {
+                    anyhow::bail!(
+                        "task {} was removed before its reply could be copied to {}",
+                        task.id(),
+                        dest.display()
+                    );
+                };
                 copy_reply(task, dest)?;
             }
             get::report(&done, options.json)

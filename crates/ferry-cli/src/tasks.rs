@@ -79,10 +79,7 @@ pub async fn watch(args: WatchArgs) -> Result<ExitCode> {
             session: args.session.clone(),
         }
     } else {
-        Scope::Tasks {
-            ids: args.ids,
-            session: args.session,
-        }
+        Scope::Tasks(args.ids)
     };
     Ok(match follow::follow(&daemon, scope, Style::Auto).await? {
         Ending::Completed(_) => ExitCode::SUCCESS,

@@ -134,6 +134,13 @@ pub enum Request {
         /// The task.
         task: TaskId,
     },
+    /// Tasks by id, of any sessions (at most [`MAX_GET_TASKS`] ids). The answer covers the
+    /// first `answered` ids asked, all of them unless their tasks would not fit in one frame;
+    /// ask again for the rest.
+    GetTasks {
+        /// The tasks.
+        tasks: Vec<TaskId>,
+    },
     /// Changes an unfinished task's priority. A task raised above a running one may preempt
     /// it; a running task lowered below a waiting one may be preempted.
     SetPriority {
@@ -274,6 +281,18 @@ pub enum Response {
         tasks: Vec<TaskInfo>,
         /// When more tasks follow: pass this as `after` to get them.
         next: Option<TaskId>,
+    },
+    /// What `get_tasks` found for the first `answered` ids it was asked for.
+    FoundTasks {
+        /// The tasks that exist, in the order asked.
+        tasks: Vec<TaskInfo>,
+        /// The tasks that were removed (by `remove` or retention) within the retention
+        /// period, in the order asked.
+        removed: Vec<RemovedTask>,
+        /// The ids with no task: never created, or removed longer ago than that.
+        unknown: Vec<TaskId>,
+        /// How many of the ids asked this answer covers, from the first.
+        answered: u32,
     },
     /// Tasks created by `create_downloads`, in the order asked.
     Created {
@@ -730,11 +749,7 @@ impl TaskState {
                 RunPhase::Transferring => "transferring",
                 RunPhase::RetryWait => "retry_wait",
             },
-            TaskState::Completed { outcome } => match outcome {
-                OutcomeKind::Succeeded => "succeeded",
-                OutcomeKind::Failed => "failed",
-                OutcomeKind::Cancelled => "cancelled",
-            },
+            TaskState::Completed { outcome } => outcome.name(),
         }
     }
 
@@ -770,6 +785,40 @@ pub enum RunPhase {
     RetryWait,
 }
 
+/// What the daemon remembers of a removed task for a while (a tombstone), so that a client
+/// following it learns how it ended instead of finding nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedTask {
+    /// Its id.
+    pub id: TaskId,
+    /// The session it belonged to.
+    pub session: String,
+    /// How it had ended.
+    pub outcome: OutcomeKind,
+    /// When it was removed, in seconds since the Unix epoch.
+    pub removed_at: i64,
+}
+
+/// The most ids one `get_tasks` request may ask for.
+pub const MAX_GET_TASKS: usize = 10_000;
+
+/// Refuses a `get_tasks` that asks for more than [`MAX_GET_TASKS`] ids (`invalid_request`).
+///
+/// # Errors
+/// When it does.
+pub fn check_get_tasks(ids: &[TaskId]) -> Result<(), ErrorInfo> {
+    if ids.len() <= MAX_GET_TASKS {
+        return Ok(());
+    }
+    Err(ErrorInfo::new(
+        "invalid_request",
+        format!(
+            "get_tasks asks for {} tasks; at most {MAX_GET_TASKS} per request",
+            ids.len()
+        ),
+    ))
+}
+
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -780,6 +829,17 @@ pub enum OutcomeKind {
     Failed,
     /// Cancelled.
     Cancelled,
+}
+
+impl OutcomeKind {
+    /// The name of the completed state it makes: `succeeded`, `failed`, `cancelled`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutcomeKind::Succeeded => "succeeded",
+            OutcomeKind::Failed => "failed",
+            OutcomeKind::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// An error as clients see it.

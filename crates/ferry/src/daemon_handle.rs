@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_proto::{Request, Response, SessionInfo, TaskId, TaskInfo};
+use ferry_proto::{MAX_GET_TASKS, RemovedTask, Request, Response, SessionInfo, TaskId, TaskInfo};
 use tokio::sync::mpsc;
 
 use crate::daemon::{self, spawn};
@@ -53,6 +53,20 @@ pub struct DaemonStatus {
     pub home: PathBuf,
     /// Task counts by state name (`suspended`, `waiting`, `transferring`, `succeeded`…).
     pub tasks: BTreeMap<String, u64>,
+}
+
+/// The daemon's answer to [`Daemon::tasks_by_id`]: every id asked for is in exactly one of
+/// the three lists, each in the order asked.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct FoundTasks {
+    /// The tasks that exist.
+    pub tasks: Vec<TaskInfo>,
+    /// The tasks removed (by `remove`, by another client, or by retention) within the
+    /// retention period: how each had ended.
+    pub removed: Vec<RemovedTask>,
+    /// The ids with no task: never created, or removed longer ago than that.
+    pub unknown: Vec<TaskId>,
 }
 
 impl Daemon {
@@ -126,6 +140,41 @@ impl Daemon {
                 None => return Ok(all),
             }
         }
+    }
+
+    /// Tasks by id, of any sessions, in as few requests as the frame limit allows — what a
+    /// command following many tasks polls, instead of listing whole sessions.
+    ///
+    /// # Errors
+    /// When the daemon cannot be reached.
+    pub async fn tasks_by_id(&self, ids: &[TaskId]) -> Result<FoundTasks, Error> {
+        let mut found = FoundTasks::default();
+        let mut rest = ids;
+        while !rest.is_empty() {
+            let asked = &rest[..rest.len().min(MAX_GET_TASKS)];
+            let request = Request::GetTasks {
+                tasks: asked.to_vec(),
+            };
+            let Response::FoundTasks {
+                tasks,
+                removed,
+                unknown,
+                answered,
+            } = self.client.call(request).await?
+            else {
+                return Err(unexpected("get_tasks"));
+            };
+            let answered = usize::try_from(answered).unwrap_or(usize::MAX);
+            // An answer that covers nothing (or more than asked) would loop for ever.
+            if answered == 0 || answered > asked.len() {
+                return Err(unexpected("get_tasks"));
+            }
+            found.tasks.extend(tasks);
+            found.removed.extend(removed);
+            found.unknown.extend(unknown);
+            rest = &rest[answered..];
+        }
+        Ok(found)
     }
 
     /// One task, of any session.

@@ -218,13 +218,13 @@ mod session;
 mod task;
 mod upload;
 
-pub use daemon_handle::{Daemon, DaemonBuilder, DaemonStatus};
+pub use daemon_handle::{Daemon, DaemonBuilder, DaemonStatus, FoundTasks};
 pub use error::{Error, ErrorKind};
 pub use event::{Event, EventKind, Events};
 pub use ferry_proto::{
     CancelReason, Conflict, ErrorInfo, FormField, FormFile, GroupInfo, Headers, Outcome,
-    OutcomeKind, Priority, Reply, RunPhase, SessionConfig, SessionInfo, TaskId, TaskInfo, TaskKind,
-    TaskState, UploadMethod,
+    OutcomeKind, Priority, RemovedTask, Reply, RunPhase, SessionConfig, SessionInfo, TaskId,
+    TaskInfo, TaskKind, TaskState, UploadMethod,
 };
 pub use futures_util::Stream;
 pub use group::Group;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use ferry_proto::{
     CancelReason, DownloadRequest, ErrorInfo, Event, EventFrame, GroupInfo, Headers, OutcomeKind,
-    Request, Response, RunPhase, ServerFrame, SessionConfig, SessionInfo, TaskInfo, TaskState,
-    UploadBody, UploadRequest,
+    RemovedTask, Request, Response, RunPhase, ServerFrame, SessionConfig, SessionInfo, TaskInfo,
+    TaskState, UploadBody, UploadRequest,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +79,7 @@ pub async fn handle(ctx: &Context, peer: &Peer, id: u64, request: Request) -> Op
         } => list(ctx, session, after, limit).await,
         Request::CreateDownloads { session, requests } => create_many(ctx, session, requests).await,
         Request::GetTask { task } => control(ctx, task, Ok(())).await,
+        Request::GetTasks { tasks } => get_many(ctx, tasks).await,
         Request::SetPriority { task, priority } => {
             let done = ctx.scheduler.set_priority(task, priority).await;
             control(ctx, task, done).await
@@ -498,8 +499,9 @@ async fn list(
     let mut next = None;
     for (i, row) in rows.iter().enumerate() {
         let info = live(ctx, row.info());
-        let size = serde_json::to_vec(&info).map_or(0, |v| v.len() + 1);
-        if i == limit as usize || bytes + size > PAGE_BYTES {
+        let size = json_len(&info);
+        // The first task always goes: a page without one would end the listing.
+        if i == limit as usize || (i > 0 && bytes + size > PAGE_BYTES) {
             next = tasks.last().map(|t: &TaskInfo| t.id);
             break;
         }
@@ -507,6 +509,72 @@ async fn list(
         tasks.push(info);
     }
     Ok(Response::Tasks { tasks, next })
+}
+
+/// What `get_tasks` found for one id.
+enum Found {
+    Task(Box<TaskRow>),
+    Removed(RemovedTask),
+    Unknown(u64),
+}
+
+fn find(conn: &rusqlite::Connection, id: u64) -> Result<Found, StoreError> {
+    Ok(match tasks::get(conn, id)? {
+        Some(row) => Found::Task(Box::new(row)),
+        None => tasks::removed(conn, id)?.map_or(Found::Unknown(id), Found::Removed),
+    })
+}
+
+/// Tasks by id, each as `get_task` shows it, with the tombstones of removed ones: as many
+/// of the ids, from the first, as fit in a frame — always at least one, so a client asking
+/// again for the rest always gets on (a task too large for any frame is then refused with
+/// `response_too_large`, as `get_task` would be).
+async fn get_many(ctx: &Context, ids: Vec<u64>) -> Result<Response, ErrorInfo> {
+    ferry_proto::check_get_tasks(&ids)?;
+    // Only the ids that fit are read: a client following thousands of large tasks asks
+    // again for the rest, and must not have every row read again each time.
+    let found = read(ctx, move |c| {
+        let mut found = Vec::new();
+        let mut bytes = 0;
+        for id in ids {
+            let next = find(c, id)?;
+            bytes += match &next {
+                Found::Task(row) => json_len(&row.info()) + LIVE_MARGIN,
+                Found::Removed(tombstone) => json_len(tombstone),
+                Found::Unknown(_) => 21, // at most 20 digits and a comma
+            };
+            if !found.is_empty() && bytes > PAGE_BYTES {
+                break;
+            }
+            found.push(next);
+        }
+        Ok(found)
+    })
+    .await?;
+    let answered = u32::try_from(found.len()).unwrap_or(u32::MAX);
+    let (mut tasks, mut removed, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
+    for found in found {
+        match found {
+            Found::Task(row) => tasks.push(live(ctx, row.info())),
+            Found::Removed(tombstone) => removed.push(tombstone),
+            Found::Unknown(id) => unknown.push(id),
+        }
+    }
+    Ok(Response::FoundTasks {
+        tasks,
+        removed,
+        unknown,
+        answered,
+    })
+}
+
+/// What a running task's live state may add to its stored JSON: a longer phase name, byte
+/// counts and a rate of up to 20 digits each.
+const LIVE_MARGIN: usize = 64;
+
+/// The length of a value's JSON, and one for the comma that separates it from the next.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    serde_json::to_vec(value).map_or(0, |v| v.len() + 1)
 }
 
 async fn control(
@@ -519,11 +587,26 @@ async fn control(
         Err(ControlError::Refused(e)) => return Err(e),
         Err(ControlError::Store(e)) => return Err(internal(e)),
     }
-    let row = read(ctx, move |c| tasks::get(c, task)).await?;
-    let row = row.ok_or_else(|| scheduler::unknown_task(task))?;
-    Ok(Response::Task {
-        task: live(ctx, row.info()),
-    })
+    let found = read(ctx, move |c| find(c, task)).await?;
+    match found {
+        Found::Task(row) => Ok(Response::Task {
+            task: live(ctx, row.info()),
+        }),
+        Found::Removed(tombstone) => Err(was_removed(&tombstone)),
+        Found::Unknown(_) => Err(scheduler::unknown_task(task)),
+    }
+}
+
+/// Still `unknown_task` for a removed task, saying what became of it.
+fn was_removed(tombstone: &RemovedTask) -> ErrorInfo {
+    ErrorInfo::new(
+        "unknown_task",
+        format!(
+            "task {} was removed (it had {})",
+            tombstone.id,
+            tombstone.outcome.name()
+        ),
+    )
 }
 
 /// Forgets a completed task. Its files go first, so that a deletion that fails leaves the
@@ -534,9 +617,11 @@ pub(crate) async fn remove(
     task: u64,
     delete_file: bool,
 ) -> Result<Response, ErrorInfo> {
-    let row = read(ctx, move |c| tasks::get(c, task))
-        .await?
-        .ok_or_else(|| scheduler::unknown_task(task))?;
+    let row = match read(ctx, move |c| find(c, task)).await? {
+        Found::Task(row) => row,
+        Found::Removed(tombstone) => return Err(was_removed(&tombstone)),
+        Found::Unknown(_) => return Err(scheduler::unknown_task(task)),
+    };
     let TaskState::Completed { outcome } = row.state else {
         let mut e = scheduler::invalid_state(task, "remove", row.state);
         e.message.push_str("; cancel it first");

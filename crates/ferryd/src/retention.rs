@@ -8,6 +8,8 @@
 //!   resume data is then refused with `invalid_resume_data`, saying they expired;
 //! - forgets completed tasks that completed more than `P` ago and have no unacknowledged
 //!   event, as `remove` does without `delete_file` (a placed file stays where it is);
+//! - forgets the tombstones of tasks removed more than `P` ago (`get_tasks` then calls them
+//!   unknown);
 //! - deletes upload replies nothing names any more: no unfinished task, no task row holding
 //!   it, no unacknowledged event of its task (a crash between an acknowledgement and the
 //!   deletion it causes, say).
@@ -96,6 +98,18 @@ pub async fn sweep(ctx: &Context, period: Duration) {
             tasks = forgotten,
             "forgot completed tasks past the retention period"
         );
+    }
+    match ctx
+        .store
+        .write_relaxed(move |c| tasks::forget_removed(c, before))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            tombstones = n,
+            "forgot tombstones past the retention period"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot forget old tombstones"),
     }
     sweep_replies(ctx).await;
 }

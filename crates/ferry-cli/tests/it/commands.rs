@@ -208,6 +208,22 @@ fn rm_forgets_tasks_and_optionally_their_files() {
     assert!(out.contains("removed"), "{out}");
     assert!(env.tasks(None).is_empty());
     assert!(env.work().join("keep.bin").exists());
+    // Waiting for a removed task says how it had ended (the daemon keeps a tombstone).
+    let out = env.ok(&["wait", &ids[0].to_string()]);
+    assert_eq!(out.trim(), format!("{} succeeded (removed since)", ids[0]));
+    let json: Value =
+        serde_json::from_str(&env.ok(&["wait", "--json", &ids[0].to_string()])).unwrap();
+    assert_eq!(json[0]["id"], ids[0]);
+    assert_eq!(json[0]["state"], "succeeded");
+    assert_eq!(json[0]["removed"], true);
+    // A task that never existed is an error naming it.
+    let out = env.run(&["wait", "999999"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("there is no task 999999"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let ids = env.detach(&[&env.server.url("/bytes/1000?seed=6"), "-o", "gone.bin"]);
     env.ok(&["wait", &ids[0].to_string()]);
@@ -223,6 +239,12 @@ fn rm_forgets_tasks_and_optionally_their_files() {
         format!("{} cancelled", ids[0])
     );
     env.ok(&["rm", &ids[0].to_string()]);
+    let out = env.run(&["wait", &ids[0].to_string()]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a removed cancelled task: exit 4"
+    );
 
     // An unfinished task is cancelled first.
     let ids = env.detach(&[&slow, "-o", "slow.bin"]);

@@ -164,6 +164,24 @@ impl Runtime {
                 Ok(self.list(after, limit))
             }
             Request::GetTask { task: id } => task(s.state().task(id)?.live_info()),
+            Request::GetTasks { tasks: ids } => {
+                ferry_proto::check_get_tasks(&ids)?;
+                // No tombstones here: the session's own process removed the task.
+                let state = s.state();
+                let (mut tasks, mut unknown) = (Vec::new(), Vec::new());
+                for &id in &ids {
+                    match state.tasks.get(&id) {
+                        Some(t) => tasks.push(t.live_info()),
+                        None => unknown.push(id),
+                    }
+                }
+                Ok(Response::FoundTasks {
+                    tasks,
+                    removed: Vec::new(),
+                    unknown,
+                    answered: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+                })
+            }
             Request::SetPriority { task: id, priority } => task(s.set_priority(id, priority)?),
             Request::UpdateUrl { task: id, url } => task(s.update_url(id, url).await?),
             Request::Remove { task, delete_file } => {

@@ -75,6 +75,45 @@ async fn status_sessions_and_tasks_span_every_session() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn tasks_by_id_asks_again_until_every_id_is_answered() {
+    let server = TestServer::start().unwrap();
+    let home = Home::new();
+    let control = home.control("app.c").await;
+    // 300 tasks with 4 KiB tags: more than one frame of answer holds.
+    let tag = "t".repeat(4096);
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let task = control
+            .download(server.url(&format!("/bytes/10?seed={i}")))
+            .tag(tag.clone())
+            .create()
+            .await
+            .unwrap();
+        ids.push(task.id());
+    }
+    let gone = control
+        .download(server.url("/bytes/10"))
+        .create()
+        .await
+        .unwrap();
+    gone.cancel().await.unwrap();
+    gone.remove(false).await.unwrap();
+    let never = gone.id() + 1000;
+
+    let daemon = handle(&home).start(false).open().await.unwrap();
+    let mut asked = ids.clone();
+    asked.insert(100, never);
+    asked.insert(200, gone.id());
+    let found = daemon.tasks_by_id(&asked).await.unwrap();
+    assert_eq!(found.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), ids);
+    assert!(found.tasks.iter().all(|t| t.tag.as_deref() == Some(&*tag)));
+    assert_eq!(found.unknown, [never]);
+    let removed: Vec<_> = found.removed.iter().map(|r| (r.id, r.outcome)).collect();
+    assert_eq!(removed, [(gone.id(), ferry::OutcomeKind::Cancelled)]);
+    assert_eq!(daemon.tasks_by_id(&[]).await.unwrap(), Default::default());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn shutdown_stops_the_daemon_and_a_later_open_starts_one() {
     let home = Home::new();
     let daemon = handle(&home).open().await.unwrap();

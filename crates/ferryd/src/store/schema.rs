@@ -95,4 +95,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN reply TEXT;
     ALTER TABLE tasks ADD COLUMN sources TEXT;
     "#,
+    // 10: tombstones: how removed tasks had ended, kept for the retention period after their
+    // removal, so that a client following a task learns its outcome after another removed it.
+    r#"
+    CREATE TABLE removed_tasks (
+        id          INTEGER PRIMARY KEY,    -- the task's id (never reused)
+        session     TEXT NOT NULL,
+        state       TEXT NOT NULL,          -- its completed state: succeeded, failed, cancelled
+        removed_at  INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];

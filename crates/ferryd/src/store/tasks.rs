@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use ferry_proto::{
-    DownloadRequest, ErrorInfo, Event, EventFrame, Headers, OutcomeKind, Priority, Reply, TaskInfo,
-    TaskKind, TaskState, UploadRequest,
+    DownloadRequest, ErrorInfo, Event, EventFrame, Headers, OutcomeKind, Priority, RemovedTask,
+    Reply, TaskInfo, TaskKind, TaskState, UploadRequest,
 };
 use rusqlite::{Connection, OptionalExtension, Row};
 
@@ -696,15 +696,64 @@ pub fn set_url(conn: &Connection, id: u64, url: &str) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// Deletes a completed task's row and checkpoint; false if there is no such task. Its
-/// journal rows stay: they do not reference the row, and go when acknowledged.
+/// Deletes a completed task's row and checkpoint, leaving its tombstone; false if there is
+/// no such task. Its journal rows stay: they do not reference the row, and go when
+/// acknowledged.
 pub fn delete_completed(conn: &Connection, id: u64) -> Result<bool, StoreError> {
-    let completed = get(conn, id)?.is_some_and(|t| matches!(t.state, TaskState::Completed { .. }));
-    if completed {
-        delete_checkpoint(conn, id)?;
-        exec(conn, "DELETE FROM tasks WHERE id = ?1", [to_i64(id)])?;
+    let Some(row) = get(conn, id)? else {
+        return Ok(false);
+    };
+    if !matches!(row.state, TaskState::Completed { .. }) {
+        return Ok(false);
     }
-    Ok(completed)
+    delete_checkpoint(conn, id)?;
+    exec(conn, "DELETE FROM tasks WHERE id = ?1", [to_i64(id)])?;
+    exec(
+        conn,
+        "INSERT OR REPLACE INTO removed_tasks (id, session, state, removed_at) \
+         VALUES (?1, ?2, ?3, ?4)",
+        (to_i64(id), &row.session, row.state.name(), now()),
+    )?;
+    Ok(true)
+}
+
+/// The tombstone of a removed task, if it is still kept.
+pub fn removed(conn: &Connection, id: u64) -> Result<Option<RemovedTask>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT session, state, removed_at FROM removed_tasks WHERE id = ?1")?;
+    let found = stmt
+        .query_row([to_i64(id)], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .optional()?;
+    let Some((session, state, removed_at)) = found else {
+        return Ok(None);
+    };
+    let Some(TaskState::Completed { outcome }) = TaskState::from_name(&state) else {
+        return Err(StoreError::NotFound(format!(
+            "the tombstone of task {id} has an unknown state {state:?}"
+        )));
+    };
+    Ok(Some(RemovedTask {
+        id,
+        session,
+        outcome,
+        removed_at,
+    }))
+}
+
+/// Forgets the tombstones of tasks removed before `before` (seconds since the epoch); how
+/// many.
+pub fn forget_removed(conn: &Connection, before: i64) -> Result<usize, StoreError> {
+    Ok(exec(
+        conn,
+        "DELETE FROM removed_tasks WHERE removed_at < ?1",
+        [before],
+    )?)
 }
 
 /// Completed tasks that completed before `before` (seconds since the epoch) and have no

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ferry_proto::frame::{read_frame, write_frame};
 use ferry_proto::{
-    ClientFrame, DownloadRequest, ErrorInfo, EventFrame, PROTOCOL_VERSION, Request, Response,
-    ServerFrame, SessionConfig, TaskInfo, UploadBody, UploadRequest,
+    ClientFrame, DownloadRequest, ErrorInfo, EventFrame, PROTOCOL_VERSION, RemovedTask, Request,
+    Response, ServerFrame, SessionConfig, TaskInfo, UploadBody, UploadRequest,
 };
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -276,6 +276,27 @@ impl Client {
             .await?
         {
             Response::Task { task } => Ok(task),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// One `get_tasks` request: (tasks, removed, unknown, answered).
+    pub async fn found_tasks(
+        &mut self,
+        ids: &[u64],
+    ) -> Result<(Vec<TaskInfo>, Vec<RemovedTask>, Vec<u64>, u32), ErrorInfo> {
+        match self
+            .request(Request::GetTasks {
+                tasks: ids.to_vec(),
+            })
+            .await?
+        {
+            Response::FoundTasks {
+                tasks,
+                removed,
+                unknown,
+                answered,
+            } => Ok((tasks, removed, unknown, answered)),
             other => panic!("{other:?}"),
         }
     }

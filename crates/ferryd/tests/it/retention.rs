@@ -1,5 +1,6 @@
-//! Retention: kept bytes and acknowledged completed tasks go after the retention period
-//! (`FERRY_RETENTION_SECS`), swept every `FERRY_SWEEP_MS`; nothing goes before it.
+//! Retention: kept bytes, acknowledged completed tasks and the tombstones of removed tasks go
+//! after the retention period (`FERRY_RETENTION_SECS`), swept every `FERRY_SWEEP_MS`; nothing
+//! goes before it.
 
 use std::path::Path;
 
@@ -115,16 +116,43 @@ async fn acknowledged_completed_tasks_are_forgotten_after_the_retention_period()
     let acked = succeeded(&mut c, &server, "acks", &dir.path().join("a")).await;
     c.ack("acks", u64::MAX).await;
 
+    // Forgotten, it leaves a tombstone saying how it ended (seen while it is kept: for the
+    // retention period too)…
     wait_until(|| {
         let socket = daemon.socket();
-        async move { !listed(&socket, acked.id).await }
+        async move { found(&socket, acked.id).await == Found::Removed(OutcomeKind::Succeeded) }
     })
     .await;
     // The sweep that forgot the newer task saw this one too, and kept it.
-    assert!(listed(&daemon.socket(), unacked.id).await);
+    assert_eq!(found(&daemon.socket(), unacked.id).await, Found::Task);
     // Forgotten as `remove` forgets: the placed file stays.
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap().len(), 1000);
     assert_eq!(std::fs::read(dir.path().join("u")).unwrap().len(), 1000);
+    // …and the tombstone goes a retention period later.
+    wait_until(|| {
+        let socket = daemon.socket();
+        async move { found(&socket, acked.id).await == Found::Unknown }
+    })
+    .await;
+    assert_eq!(found(&daemon.socket(), unacked.id).await, Found::Task);
+}
+
+#[derive(Debug, PartialEq)]
+enum Found {
+    Task,
+    Removed(OutcomeKind),
+    Unknown,
+}
+
+/// What `get_tasks` says of one task.
+async fn found(socket: &Path, id: u64) -> Found {
+    let mut c = Client::connect(socket).await;
+    match c.found_tasks(&[id]).await.unwrap() {
+        (tasks, _, _, 1) if tasks.len() == 1 => Found::Task,
+        (_, removed, _, 1) if removed.len() == 1 => Found::Removed(removed[0].outcome),
+        (_, _, unknown, 1) if unknown == [id] => Found::Unknown,
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

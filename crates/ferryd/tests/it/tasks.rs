@@ -24,6 +24,38 @@ async fn update_url(c: &mut Client, task: u64, url: &str) -> Result<TaskInfo, Er
     }
 }
 
+const TAG_LEN: usize = 4096;
+
+/// `batches × per_batch` suspended tasks with tags of the largest size (4 KiB), created with
+/// `create_downloads`; their ids in order.
+async fn tagged_tasks(c: &mut Client, session: &str, batches: usize, per_batch: usize) -> Vec<u64> {
+    let tag = "t".repeat(TAG_LEN);
+    let mut created = Vec::new();
+    for batch in 0..batches {
+        let requests = (0..per_batch)
+            .map(|i| {
+                let mut r = download(format!("http://127.0.0.1:9/{batch}/{i}"), None);
+                r.start = false;
+                r.tag = Some(tag.clone());
+                r
+            })
+            .collect();
+        let Response::Created { ids } = c
+            .request(Request::CreateDownloads {
+                session: session.into(),
+                requests,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(ids.len(), per_batch);
+        created.extend(ids);
+    }
+    created
+}
+
 async fn remove(c: &mut Client, task: u64, delete_file: bool) -> Result<(), ErrorInfo> {
     match c.request(Request::Remove { task, delete_file }).await? {
         Response::Done => Ok(()),
@@ -319,30 +351,7 @@ async fn bulk_creation_and_paged_listing_of_thousands_of_tasks() {
     let daemon = Daemon::start(&dir.path().join("home")).await;
     let mut c = daemon.client().await;
     // 3,000 suspended tasks with 4 KiB tags: far more than one frame can list.
-    let tag = "t".repeat(4096);
-    let mut created = Vec::new();
-    for batch in 0..15 {
-        let requests = (0..200)
-            .map(|i| {
-                let mut r = download(format!("http://127.0.0.1:9/{batch}/{i}"), None);
-                r.start = false;
-                r.tag = Some(tag.clone());
-                r
-            })
-            .collect();
-        let Response::Created { ids } = c
-            .request(Request::CreateDownloads {
-                session: "bulk".into(),
-                requests,
-            })
-            .await
-            .unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(ids.len(), 200);
-        created.extend(ids);
-    }
+    let created = tagged_tasks(&mut c, "bulk", 15, 200).await;
     let listed: Vec<u64> = c.tasks(Some("bulk")).await.iter().map(|t| t.id).collect();
     assert_eq!(
         listed, created,
@@ -375,6 +384,122 @@ async fn bulk_creation_and_paged_listing_of_thousands_of_tasks() {
         .unwrap_err();
     assert!(err.message.starts_with("request 1:"), "{}", err.message);
     assert_eq!(c.tasks(Some("bulk")).await.len(), 3000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_tasks_answers_by_id_with_tombstones_a_frame_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    // Two completed tasks, removed: one succeeded, one cancelled.
+    let done = c
+        .create(
+            "a",
+            download(
+                server.url("/bytes/1000?seed=3"),
+                Some(&dir.path().join("d")),
+            ),
+        )
+        .await;
+    wait_completed(&mut c, done.id).await;
+    let mut never_ran = download(server.url("/bytes/1000?seed=4"), None);
+    never_ran.start = false;
+    let cancelled = c.create("a", never_ran).await;
+    c.request(Request::Cancel { task: cancelled.id })
+        .await
+        .unwrap();
+    remove(&mut c, done.id, false).await.unwrap();
+    remove(&mut c, cancelled.id, false).await.unwrap();
+    // 300 suspended tasks with 4 KiB tags, in another session: more than one frame holds.
+    let big = tagged_tasks(&mut c, "b", 2, 150).await;
+    let tag = "t".repeat(TAG_LEN);
+    let never = big.iter().max().unwrap() + 1000;
+
+    let mut asked = vec![done.id, never, cancelled.id];
+    asked.extend(big.iter().rev());
+    let (tasks, removed, unknown, answered) = c.found_tasks(&asked).await.unwrap();
+    let answered = answered as usize;
+    assert!(
+        (3..asked.len()).contains(&answered),
+        "one frame cannot hold 300 tasks of 4 KiB: {answered} of {} answered",
+        asked.len()
+    );
+    assert_eq!(unknown, vec![never]);
+    let gone: Vec<_> = removed
+        .iter()
+        .map(|r| (r.id, r.session.as_str(), r.outcome))
+        .collect();
+    assert_eq!(
+        gone,
+        vec![
+            (done.id, "a", OutcomeKind::Succeeded),
+            (cancelled.id, "a", OutcomeKind::Cancelled)
+        ]
+    );
+    let mut seen: Vec<u64> = tasks.iter().map(|t| t.id).collect();
+    assert_eq!(
+        seen,
+        asked[3..answered],
+        "the tasks answered, in the order asked"
+    );
+    // The rest, asked again.
+    let (tasks, removed, unknown, rest) = c.found_tasks(&asked[answered..]).await.unwrap();
+    assert_eq!(rest as usize, asked.len() - answered);
+    assert!(removed.is_empty() && unknown.is_empty());
+    assert!(tasks.iter().all(|t| t.tag.as_deref() == Some(tag.as_str())));
+    seen.extend(tasks.iter().map(|t| t.id));
+    assert_eq!(seen, asked[3..]);
+
+    // `get_task` says what became of a removed task, still as `unknown_task`.
+    let err = get_task(&mut c, done.id).await.unwrap_err();
+    assert_eq!(err.code, "unknown_task");
+    assert!(
+        err.message.contains("was removed (it had succeeded)"),
+        "{}",
+        err.message
+    );
+    let err = get_task(&mut c, never).await.unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.message.as_str()),
+        ("unknown_task", format!("there is no task {never}").as_str())
+    );
+    // Too many ids at once: refused, saying the limit.
+    let err = c
+        .found_tasks(&vec![done.id; ferry_proto::MAX_GET_TASKS + 1])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "invalid_request");
+    assert!(err.message.contains("at most 10000"), "{}", err.message);
+}
+
+/// Regression: a task whose JSON is larger than a page's budget (but fits in a frame) made
+/// `get_tasks` answer nothing (`answered: 0`, so a client asking again never got on) and
+/// ended a `list_tasks` listing before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_larger_than_a_page_is_still_answered_and_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let mut small = download("http://127.0.0.1:9/small".into(), None);
+    small.start = false;
+    let small = c.create("huge", small).await;
+    // ~1,000,000 bytes of URL: more than a page's budget, less than a frame.
+    let mut huge = download(
+        format!("http://127.0.0.1:9/{}", "a".repeat(1_000_000)),
+        None,
+    );
+    huge.start = false;
+    let huge = c.create("huge", huge).await;
+
+    let asked = [small.id, huge.id];
+    let (tasks, _, _, answered) = c.found_tasks(&asked).await.unwrap();
+    assert_eq!((tasks.len(), answered), (1, 1));
+    let (tasks, _, _, answered) = c.found_tasks(&asked[1..]).await.unwrap();
+    assert_eq!(answered, 1, "the first id always answered");
+    assert_eq!(tasks[0].id, huge.id);
+    let listed: Vec<u64> = c.tasks(Some("huge")).await.iter().map(|t| t.id).collect();
+    assert_eq!(listed, asked);
 }
 
 /// Regression: suspending a task the scheduler was starting at that moment answered
@@ -623,6 +748,11 @@ async fn remove_forgets_a_completed_task_but_not_its_unacknowledged_events() {
     assert!(out.exists(), "without delete_file the file stays");
     let err = remove(&mut c, done.id, false).await.unwrap_err();
     assert_eq!(err.code, "unknown_task");
+    assert!(
+        err.message.contains("was removed (it had succeeded)"),
+        "{}",
+        err.message
+    );
 
     // Its events were not acknowledged: the next attach still delivers them, tag and all.
     let mut app = daemon.client().await;
