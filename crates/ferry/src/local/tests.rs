@@ -294,6 +294,40 @@ async fn not_found_fails_with_http_status_and_writes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn get_tasks_answers_every_id_in_order_and_names_the_unknown() {
+    let f = fixture(SessionConfig::default());
+    let suspended = |seed| DownloadRequest {
+        start: false,
+        ..request(f.url(&format!("/bytes/10?seed={seed}")))
+    };
+    let (a, b) = (f.create(suspended(1)).await, f.create(suspended(2)).await);
+    let never = b.id + 100;
+    let asked = vec![b.id, never, a.id];
+    let Response::FoundTasks {
+        tasks,
+        removed,
+        unknown,
+        answered,
+    } = f.ask(Request::GetTasks { tasks: asked }).await.unwrap()
+    else {
+        panic!("expected found_tasks")
+    };
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    assert_eq!((ids, unknown, answered), (vec![b.id, a.id], vec![never], 3));
+    assert!(
+        removed.is_empty(),
+        "an in-process session keeps no tombstones"
+    );
+    let err = f
+        .ask(Request::GetTasks {
+            tasks: vec![a.id; ferry_proto::MAX_GET_TASKS + 1],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "invalid_request");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn suspend_and_resume_continue_from_the_bytes_kept() {
     let mut f = fixture(SessionConfig::default());
     let mut req = f.to_file("/bytes/600000?seed=4&rate=200000", "slow.bin");
