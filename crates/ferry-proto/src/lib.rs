@@ -28,3 +28,12 @@ pub use message::*;
 
 /// The protocol version this crate speaks; sent in `hello` and `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Compatible additions to protocol version 1, counted: a client may use an addition only
+/// with a daemon whose `welcome` names this revision or a later one. A daemon that does not
+/// know a request closes the connection (`malformed_frame`), so a newer client talking to an
+/// older daemon still running must check first.
+///
+/// - 0: the protocol as first published (daemons before revisions send none).
+/// - 1: `get_tasks` and the tombstones of removed tasks.
+pub const PROTOCOL_REVISION: u32 = 1;

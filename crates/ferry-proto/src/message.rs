@@ -43,6 +43,10 @@ pub enum ServerFrame {
         daemon_version: String,
         /// The daemon's process id.
         pid: u32,
+        /// The daemon's [`crate::PROTOCOL_REVISION`]: which compatible additions to the
+        /// protocol it knows (absent from daemons older than revisions: 0).
+        #[serde(default)]
+        revision: u32,
     },
     /// A successful answer.
     Response {

@@ -148,6 +148,9 @@ impl Daemon {
     /// # Errors
     /// When the daemon cannot be reached.
     pub async fn tasks_by_id(&self, ids: &[TaskId]) -> Result<FoundTasks, Error> {
+        if self.client.daemon_revision().await? < 1 {
+            return self.tasks_one_by_one(ids).await;
+        }
         let mut found = FoundTasks::default();
         let mut rest = ids;
         while !rest.is_empty() {
@@ -173,6 +176,20 @@ impl Daemon {
             found.removed.extend(removed);
             found.unknown.extend(unknown);
             rest = &rest[answered..];
+        }
+        Ok(found)
+    }
+
+    /// `tasks_by_id` for a daemon older than `get_tasks` (still running after an upgrade):
+    /// one `get_task` per id, and no tombstones to tell removed tasks from unknown ones.
+    async fn tasks_one_by_one(&self, ids: &[TaskId]) -> Result<FoundTasks, Error> {
+        let mut found = FoundTasks::default();
+        for &id in ids {
+            match self.task(id).await {
+                Ok(task) => found.tasks.push(task),
+                Err(e) if e.kind() == ErrorKind::NotFound => found.unknown.push(id),
+                Err(e) => return Err(e),
+            }
         }
         Ok(found)
     }

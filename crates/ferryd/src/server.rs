@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry_proto::frame::{FrameError, read_frame, write_frame};
-use ferry_proto::{ClientFrame, ErrorInfo, PROTOCOL_VERSION, Request, ServerFrame};
+use ferry_proto::{
+    ClientFrame, ErrorInfo, PROTOCOL_REVISION, PROTOCOL_VERSION, Request, ServerFrame,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
@@ -228,6 +230,7 @@ async fn handshake(
                 protocol: PROTOCOL_VERSION,
                 daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
                 pid: std::process::id(),
+                revision: PROTOCOL_REVISION,
             });
             Ok(())
         }

@@ -66,6 +66,8 @@ type Answer = Result<Response, ErrorInfo>;
 /// One live connection.
 struct Link {
     daemon_pid: u32,
+    /// The daemon's protocol revision (what it announced in `welcome`).
+    revision: u32,
     outbound: mpsc::UnboundedSender<ClientFrame>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     dead: CancellationToken,
@@ -190,6 +192,11 @@ impl Client {
 
     pub(crate) fn backlog(&self) -> u64 {
         self.shared.backlog.load(Ordering::Relaxed)
+    }
+
+    /// The protocol revision of the daemon connected to (waiting for a connection first).
+    pub(crate) async fn daemon_revision(&self) -> Result<u32, Error> {
+        Ok(live_link(&self.shared).await?.revision)
     }
 
     pub(crate) fn daemon_pid(&self) -> Option<u32> {
@@ -400,11 +407,11 @@ async fn establish(shared: &Arc<Shared>, reconnect: bool) -> Result<OwnedReadHal
     )
     .await
     .map_err(frame_error)?;
-    let daemon_pid = match read_frame::<ServerFrame>(&mut reader)
+    let (daemon_pid, revision) = match read_frame::<ServerFrame>(&mut reader)
         .await
         .map_err(frame_error)?
     {
-        ServerFrame::Welcome { pid, .. } => pid,
+        ServerFrame::Welcome { pid, revision, .. } => (pid, revision),
         ServerFrame::Error { error, .. } => return Err(error.into()),
         other => {
             return Err(Error::new(
@@ -450,6 +457,7 @@ async fn establish(shared: &Arc<Shared>, reconnect: bool) -> Result<OwnedReadHal
     let (outbound, queue) = mpsc::unbounded_channel();
     let link = Arc::new(Link {
         daemon_pid,
+        revision,
         outbound,
         pending: Mutex::new(HashMap::new()),
         dead: CancellationToken::new(),
@@ -608,6 +616,7 @@ mod tests {
             protocol: PROTOCOL_VERSION,
             daemon_version: "test".into(),
             pid: std::process::id(),
+            revision: ferry_proto::PROTOCOL_REVISION,
         };
         write_frame(&mut writer, &welcome).await.unwrap();
         let ClientFrame::Request { id, .. } = read_frame(&mut reader).await.unwrap() else {
@@ -657,6 +666,69 @@ mod tests {
     /// An acknowledgement whose connection died before its answer is sent again on the next
     /// connection: the replayed events are dropped by the client as already handed out, so
     /// nothing else would ever acknowledge them.
+    /// A daemon from before `get_tasks` (revision 0) closes the connection on it: the
+    /// library asks such a daemon one task at a time instead.
+    #[tokio::test]
+    async fn tasks_by_id_asks_an_older_daemon_one_task_at_a_time() {
+        let home = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(home.path().join("ferryd.sock")).unwrap();
+        let script = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut reader, mut writer) = stream.into_split();
+            let _hello: ClientFrame = read_frame(&mut reader).await.unwrap();
+            // As a daemon of revision 0 sends it: no `revision` field.
+            let welcome = serde_json::json!({
+                "frame": "welcome", "protocol": PROTOCOL_VERSION,
+                "daemon_version": "old", "pid": std::process::id(),
+            });
+            let welcome: ServerFrame = serde_json::from_value(welcome).unwrap();
+            write_frame(&mut writer, &welcome).await.unwrap();
+            let mut asked = Vec::new();
+            for _ in 0..2 {
+                let ClientFrame::Request { id, request } = read_frame(&mut reader).await.unwrap()
+                else {
+                    panic!("expected a request");
+                };
+                let Request::GetTask { task } = request else {
+                    panic!("an older daemon asked for {request:?}");
+                };
+                asked.push(task);
+                let frame = if task == 7 {
+                    let task = serde_json::json!({
+                        "id": 7, "session": "s", "url": "http://h/f", "current_url": null,
+                        "destination": null, "location": null, "state": "suspended",
+                        "bytes_done": 0, "bytes_total": null, "error": null, "tag": null,
+                        "group": null, "priority": "normal", "resume_data": null,
+                    });
+                    ServerFrame::Response {
+                        id,
+                        response: Response::Task {
+                            task: serde_json::from_value(task).unwrap(),
+                        },
+                    }
+                } else {
+                    ServerFrame::Error {
+                        id: Some(id),
+                        error: ErrorInfo::new("unknown_task", format!("there is no task {task}")),
+                    }
+                };
+                write_frame(&mut writer, &frame).await.unwrap();
+            }
+            asked
+        });
+        let daemon = crate::Daemon::builder()
+            .home(home.path())
+            .daemon_program(home.path().join("no-ferryd"))
+            .open()
+            .await
+            .unwrap();
+        let found = daemon.tasks_by_id(&[7, 8]).await.unwrap();
+        assert_eq!(found.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), [7]);
+        assert_eq!(found.unknown, [8]);
+        assert!(found.removed.is_empty());
+        assert_eq!(script.await.unwrap(), [7, 8]);
+    }
+
     #[tokio::test]
     async fn an_acknowledgement_cut_off_by_a_reconnect_is_sent_again() {
         let home = tempfile::tempdir().unwrap();

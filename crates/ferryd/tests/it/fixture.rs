@@ -187,8 +187,14 @@ impl Client {
         .await
         .unwrap();
         let pid = match read_frame::<ServerFrame>(&mut reader).await.unwrap() {
-            ServerFrame::Welcome { pid, protocol, .. } => {
+            ServerFrame::Welcome {
+                pid,
+                protocol,
+                revision,
+                ..
+            } => {
                 assert_eq!(protocol, PROTOCOL_VERSION);
+                assert_eq!(revision, ferry_proto::PROTOCOL_REVISION);
                 pid
             }
             other => panic!("expected welcome, got {other:?}"),
