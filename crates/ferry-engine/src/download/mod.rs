@@ -325,15 +325,21 @@ pub(crate) fn redirect_target(
         .into());
     }
     if next.origin() != current.origin() {
-        for secret in [
-            http::header::AUTHORIZATION,
-            http::header::COOKIE,
-            http::header::PROXY_AUTHORIZATION,
-        ] {
-            headers.remove(secret);
-        }
+        drop_credentials(headers);
     }
     Ok(next)
+}
+
+/// Removes the headers that carry credentials: they are never sent to another origin than
+/// the one they were given for (SPEC §9).
+pub(crate) fn drop_credentials(headers: &mut HeaderMap) {
+    for secret in [
+        http::header::AUTHORIZATION,
+        http::header::COOKIE,
+        http::header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(secret);
+    }
 }
 
 /// Resolves when a transfer's resource timeout, counted from now, has passed (never without

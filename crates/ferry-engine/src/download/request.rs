@@ -5,7 +5,7 @@ use ::http::header::{self, HeaderValue};
 use url::Url;
 
 use super::transfer::Transfer;
-use super::{Event, Redirect, redirect_target};
+use super::{Event, Redirect, drop_credentials, redirect_target};
 use crate::checkpoint::{Cursor, OPEN_END};
 use crate::error::{Error, ErrorKind};
 
@@ -68,10 +68,16 @@ impl Transfer<'_> {
     /// A ranged request for the rest of `cursor`, checked to answer exactly that range of the
     /// same resource.
     pub(super) async fn fetch_range(&self, cursor: &Cursor) -> Result<reqwest::Response, Error> {
+        // Straight to where the first request's redirects ended: the credentials only if
+        // that is still the origin they were given for.
+        let mut headers = self.spec.headers.clone();
+        if self.resource.current_url.origin() != self.url.origin() {
+            drop_credentials(&mut headers);
+        }
         let mut request = self
             .client
             .get(self.resource.current_url.clone())
-            .headers(self.spec.headers.clone())
+            .headers(headers)
             .header(header::RANGE, range_header(cursor.pos(), cursor.end()));
         if let Some(v) = self.resource.validators.if_range() {
             request = request.header(header::IF_RANGE, v);

@@ -130,6 +130,40 @@ async fn credentials_are_not_forwarded_to_another_origin() {
     assert_eq!(second.header("x-trace"), Some("kept"));
 }
 
+/// Regression: the extra connections of a segmented download went straight to the URL the
+/// redirect ended at with every header of the request, credentials included, even when that
+/// URL is on another origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_requests_after_a_redirect_to_another_origin_carry_no_credentials() {
+    let env = Env::new();
+    let other = TestServer::start().unwrap();
+    let n = 4 * 1024 * 1024u64;
+    let mut spec = env.spec(&format!(
+        "/redirect/1?to={}",
+        url_encode(&other.url(&format!("/bytes/{n}?seed=61&rate=8000000")))
+    ));
+    spec.connections = 4;
+    spec.min_segment = 256 * 1024;
+    spec.headers
+        .insert("authorization", "Bearer secret-token".parse().unwrap());
+    spec.headers
+        .insert("cookie", "session=abc".parse().unwrap());
+    spec.headers.insert("x-trace", "kept".parse().unwrap());
+    let (result, _) = env.run(&spec).await;
+    result.unwrap();
+    let requests = other.requests();
+    assert!(
+        requests.iter().filter(|r| r.status == 206).count() >= 1,
+        "segmented: {} requests",
+        requests.len()
+    );
+    for r in &requests {
+        assert_eq!(r.header("authorization"), None, "{:?}", r.header("range"));
+        assert_eq!(r.header("cookie"), None);
+        assert_eq!(r.header("x-trace"), Some("kept"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_holds_and_can_change_while_running() {
     let env = Env::new();
