@@ -13,7 +13,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ferry::{Daemon, OutcomeKind, RemovedTask, TaskId, TaskInfo, TaskState};
+use ferry::{Daemon, OutcomeKind, RemovedTask, TaskId, TaskInfo, TaskState, hide_url_passwords};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{client, exit, format};
@@ -234,7 +234,8 @@ pub fn result_line(task: &TaskInfo) -> String {
         Some(reply),
     ) = (&task.state, &task.reply)
     {
-        return format!("{} {state} HTTP {} → {}", task.id, reply.status, task.url);
+        let url = hide_url_passwords(&task.url);
+        return format!("{} {state} HTTP {} → {url}", task.id, reply.status);
     }
     match (&task.state, &task.error) {
         (
@@ -243,8 +244,8 @@ pub fn result_line(task: &TaskInfo) -> String {
             },
             _,
         ) => format!("{} {state} {}", task.id, format::destination(task)),
-        (_, Some(error)) => format!("{} {state} {} [{}]", task.id, error.message, error.code),
-        _ => format!("{} {state} {}", task.id, task.url),
+        (_, Some(error)) => format!("{} {state} {}", task.id, format::error(error)),
+        _ => format!("{} {state} {}", task.id, hide_url_passwords(&task.url)),
     }
 }
 
@@ -262,13 +263,15 @@ fn label(task: &TaskInfo) -> String {
     let path = task.location.as_deref().or(task.destination.as_deref());
     let from_path = path.and_then(|p| std::path::Path::new(p).file_name()?.to_str());
     let from_url = || {
-        task.url
+        let url = hide_url_passwords(&task.url);
+        let name = url
             .split(['?', '#'])
             .next()
             .and_then(|u| u.rsplit('/').find(|s| !s.is_empty()))
-            .unwrap_or(&task.url)
+            .unwrap_or(&url);
+        name.to_owned()
     };
-    from_path.unwrap_or_else(from_url).to_owned()
+    from_path.map_or_else(from_url, str::to_owned)
 }
 
 enum Display {

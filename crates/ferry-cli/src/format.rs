@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use ferry::{Headers, RemovedTask, TaskInfo, TaskKind};
+use ferry::{Headers, RemovedTask, TaskInfo, TaskKind, hide_url_passwords};
 use serde_json::{Value, json};
 
 /// `512 B`, `1.5 KiB`, `20.0 MiB` (binary units, as `ls -h` and curl use).
@@ -46,10 +46,15 @@ pub fn progress(done: u64, total: Option<u64>) -> String {
     }
 }
 
+/// A task's error as shown: `message [code]`, with the passwords of URLs hidden.
+pub fn error(error: &ferry::ErrorInfo) -> String {
+    format!("{} [{}]", hide_url_passwords(&error.message), error.code)
+}
+
 /// Where a task's file is or will be.
 pub fn destination(task: &TaskInfo) -> String {
     if task.kind == TaskKind::Upload {
-        return format!("→ {}", task.url);
+        return format!("→ {}", hide_url_passwords(&task.url));
     }
     task.location
         .clone()
@@ -72,8 +77,8 @@ pub fn task_json(task: &TaskInfo) -> Value {
     json!({
         "id": task.id,
         "session": task.session,
-        "url": task.url,
-        "current_url": task.current_url,
+        "url": hide_url_passwords(&task.url),
+        "current_url": task.current_url.as_deref().map(hide_url_passwords),
         "state": task.state.name(),
         "bytes_done": task.bytes_done,
         "bytes_total": task.bytes_total,
@@ -95,7 +100,7 @@ pub fn task_json(task: &TaskInfo) -> Value {
         })),
         "error": task.error.as_ref().map(|e| json!({
             "code": e.code,
-            "message": e.message,
+            "message": hide_url_passwords(&e.message),
             "transient": e.transient,
             "status": e.status,
         })),

@@ -51,10 +51,7 @@ pub async fn ls(args: LsArgs) -> Result<ExitCode> {
             task.bytes_total
                 .map_or_else(|| "?".to_owned(), format::bytes),
             format::destination(task),
-            task.error
-                .as_ref()
-                .map(|e| format!("{} [{}]", e.message, e.code))
-                .unwrap_or_default(),
+            task.error.as_ref().map(format::error).unwrap_or_default(),
         ]);
         table.row(row);
     }

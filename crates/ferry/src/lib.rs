@@ -224,7 +224,7 @@ pub use event::{Event, EventKind, Events};
 pub use ferry_proto::{
     CancelReason, Conflict, ErrorInfo, FormField, FormFile, GroupInfo, Headers, Outcome,
     OutcomeKind, Priority, RemovedTask, Reply, RunPhase, SessionConfig, SessionInfo, TaskId,
-    TaskInfo, TaskKind, TaskState, UploadMethod,
+    TaskInfo, TaskKind, TaskState, UploadMethod, hide_url_passwords,
 };
 pub use futures_util::Stream;
 pub use group::Group;

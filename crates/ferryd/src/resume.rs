@@ -17,7 +17,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use ferry_proto::{DownloadRequest, ErrorInfo, Headers};
+use ferry_proto::{DownloadRequest, ErrorInfo, Headers, without_url_password};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -201,7 +201,13 @@ impl Keeper {
             .set_modified(SystemTime::now())?;
         std::fs::rename(staging, &kept)?;
         let (len, tail_sha256) = tail_hash(&kept)?;
+        // No secrets in a blob a client may store anywhere (SPEC §14): no secret headers and
+        // no password in a URL — the client gives them again to `create_from_resume_data`.
+        let mut checkpoint = checkpoint;
+        checkpoint.url = without_url_password(&checkpoint.url).into_owned();
+        checkpoint.current_url = without_url_password(&checkpoint.current_url).into_owned();
         let mut request = request.clone();
+        request.url = without_url_password(&request.url).into_owned();
         request.headers = Headers(
             request
                 .headers
@@ -361,6 +367,27 @@ mod tests {
             "headers": [["Authorization", "Bearer secret"], ["X-Keep", "yes"]]
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn keeps_no_password_written_into_a_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = keeper(dir.path());
+        let staging = dir.path().join("s.part");
+        std::fs::write(&staging, b"0123456789").unwrap();
+        let mut request = request();
+        request.url = "http://ann:pa55word@h/f".into();
+        let mut cp = checkpoint();
+        cp.url = request.url.clone();
+        cp.current_url = "http://ann:pa55word@h/g".into();
+        let blob = k.keep(&staging, &request, cp).unwrap();
+        assert!(!blob.contains(&hex::encode("pa55word")));
+        let (payload, _) = k.open_blob(&blob).unwrap();
+        assert_eq!(payload.request.url, "http://ann@h/f");
+        assert_eq!(
+            (payload.checkpoint.url, payload.checkpoint.current_url),
+            ("http://ann@h/f".to_owned(), "http://ann@h/g".to_owned())
+        );
     }
 
     #[test]

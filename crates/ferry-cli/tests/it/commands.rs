@@ -90,6 +90,36 @@ fn ls_shows_a_table_of_the_session_and_all_sessions() {
     assert_eq!(other[0]["bytes_done"], 2048);
 }
 
+/// SPEC §14: a password written into a URL is never in `ferry ls` (nor in any output).
+#[test]
+fn no_output_shows_a_password_written_into_a_url() {
+    let env = Env::new();
+    let with_password = |path: &str| {
+        env.server
+            .url(path)
+            .replacen("http://", "http://ann:pa55word@", 1)
+    };
+    let failed = env.run(&["get", &with_password("/bytes/10?status=404"), "-o", "f"]);
+    assert_eq!(
+        failed.status.code(),
+        Some(3),
+        "a failed task: {}",
+        text(&failed.stderr)
+    );
+    let done = env.run(&["get", &with_password("/bytes/10"), "-o", "d"]);
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let ls = env.ok(&["ls"]);
+    let json = env.ok(&["ls", "--json"]);
+    for out in [&failed.stdout, &failed.stderr, &done.stdout, &done.stderr] {
+        assert!(!text(out).contains("pa55word"), "{}", text(out));
+    }
+    assert!(!ls.contains("pa55word"), "{ls}");
+    assert!(!json.contains("pa55word"), "{json}");
+    let json: Value = serde_json::from_str(&json).unwrap();
+    let url = json[0]["url"].as_str().unwrap();
+    assert!(url.starts_with("http://ann:***@127.0.0.1:"), "{url}");
+}
+
 #[test]
 fn ls_into_a_closed_pipe_is_not_an_error() {
     let env = Env::new();

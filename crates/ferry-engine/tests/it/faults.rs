@@ -72,6 +72,25 @@ async fn retry_after_is_used_as_the_delay() {
     }));
 }
 
+/// SPEC §14: a connection error names the host, never a password written into the URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_error_does_not_quote_a_password_in_the_url() {
+    let env = Env::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut spec = env.spec("/");
+    spec.url = format!("http://ann:pa55word@127.0.0.1:{port}/f");
+    let (result, _) = env.run(&spec).await;
+    let failure = result.unwrap_err();
+    assert_eq!(failure.error.kind().code(), "connection");
+    let message = ferry_engine::display_chain(&failure.error);
+    assert!(message.contains("127.0.0.1"), "{message}");
+    assert!(!message.contains("pa55word"), "{message}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gives_up_after_max_attempts() {
     let env = Env::new();

@@ -814,7 +814,8 @@ fn cancelled() -> TaskState {
 pub fn error_info(error: &ferry_engine::Error) -> ErrorInfo {
     ErrorInfo {
         code: error.kind().code().to_owned(),
-        message: ferry_engine::display_chain(error),
+        // What a client shows and the daemon logs: no password written into a URL.
+        message: ferry_proto::hide_url_passwords(&ferry_engine::display_chain(error)).into_owned(),
         transient: error.is_transient(),
         status: error.status(),
     }

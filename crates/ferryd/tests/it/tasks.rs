@@ -502,6 +502,27 @@ async fn a_task_larger_than_a_page_is_still_answered_and_listed() {
     assert_eq!(listed, asked);
 }
 
+/// SPEC §14: an error that names a URL (a redirect loop here) does not show a password
+/// written into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_error_hides_a_password_written_into_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let url = server
+        .url("/loop")
+        .replacen("http://", "http://ann:pa55word@", 1);
+    let task = c
+        .create("pw", download(url, Some(&dir.path().join("x"))))
+        .await;
+    let done = wait_completed(&mut c, task.id).await;
+    let error = done.error.expect("a redirect loop fails");
+    assert_eq!(error.code, "too_many_redirects");
+    assert!(error.message.contains("ann:***@"), "{}", error.message);
+    assert!(!error.message.contains("pa55word"), "{}", error.message);
+}
+
 /// Regression: suspending a task the scheduler was starting at that moment answered
 /// `invalid_state` ("it is connecting") instead of suspending it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
