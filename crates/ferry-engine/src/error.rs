@@ -207,6 +207,18 @@ impl ErrorKind {
             _ => false,
         }
     }
+
+    /// Whether the bytes fetched are right and only where to put them failed (a full disk, a
+    /// destination folder missing or not writable, a destination that exists): worth keeping,
+    /// so the task can continue from them elsewhere or later (SPEC §15).
+    pub fn keeps_bytes(&self) -> bool {
+        matches!(
+            self,
+            ErrorKind::NoSpace { .. }
+                | ErrorKind::DestinationExists(_)
+                | ErrorKind::Destination { .. }
+        )
+    }
 }
 
 impl Error {

@@ -212,7 +212,7 @@ fn copy_synced(from: &Path, to: &Path) -> Result<(), Error> {
             io::copy(&mut src, &mut dst)?;
             dst.sync_all()
         })
-        .map_err(|e| Error::io("copy to", to, e));
+        .map_err(|e| not_placed("copy to", to, e));
     if copied.is_err() {
         let _ = std::fs::remove_file(to);
     }
@@ -228,7 +228,7 @@ fn rename_into(
     name: &str,
 ) -> Result<PathBuf, Error> {
     if conflict == Conflict::Overwrite {
-        std::fs::rename(source, target).map_err(|e| Error::io("move into place", target, e))?;
+        std::fs::rename(source, target).map_err(|e| not_placed("move into place", target, e))?;
         return Ok(target.to_owned());
     }
     let dir = target.parent().unwrap_or(Path::new("."));
@@ -245,10 +245,34 @@ fn rename_into(
                     return Err(ErrorKind::DestinationExists(candidate).into());
                 }
             }
-            Err(e) => return Err(Error::io("move into place", candidate, e)),
+            Err(e) => return Err(not_placed("move into place", &candidate, e)),
         }
     }
     Err(ErrorKind::DestinationExists(target.to_owned()).into())
+}
+
+/// A file that could not be put at `target` (`op`: moved, copied): a folder that is not
+/// writable (or went away) is a destination problem, like a missing one; other failures are
+/// I/O errors (a full disk: `no_space`).
+fn not_placed(op: &'static str, target: &Path, e: io::Error) -> Error {
+    let folder_problem = matches!(
+        e.kind(),
+        io::ErrorKind::PermissionDenied
+            | io::ErrorKind::NotFound
+            | io::ErrorKind::NotADirectory
+            | io::ErrorKind::ReadOnlyFilesystem
+    );
+    if !folder_problem {
+        return Error::io(op, target, e);
+    }
+    let reason = e.to_string();
+    Error::with_source(
+        ErrorKind::Destination {
+            path: target.parent().unwrap_or(Path::new(".")).to_owned(),
+            reason,
+        },
+        e,
+    )
 }
 
 fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {

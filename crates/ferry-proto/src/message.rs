@@ -986,6 +986,11 @@ pub enum Outcome {
     Failed {
         /// The error.
         error: ErrorInfo,
+        /// The blob to continue from, when the bytes were right and only placing them failed
+        /// (`no_space`, `destination`, `destination_exists`): create a task from it once
+        /// there is room, or with another destination. Absent otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_data: Option<String>,
     },
     /// Cancelled.
     Cancelled {
@@ -1046,6 +1051,7 @@ mod tests {
             event: Event::Completed {
                 outcome: Outcome::Failed {
                     error: ErrorInfo::new("http_status", "404"),
+                    resume_data: None,
                 },
                 status: Some(404),
                 reply: None,
@@ -1055,6 +1061,8 @@ mod tests {
         assert_eq!(json["frame"], "event");
         assert_eq!(json["event"]["type"], "completed");
         assert_eq!(json["event"]["outcome"]["result"], "failed");
+        // Absent unless the bytes were kept: a failure reads as it always did.
+        assert!(json["event"]["outcome"].get("resume_data").is_none());
         assert_eq!(serde_json::from_value::<ServerFrame>(json).unwrap(), event);
     }
 

@@ -10,7 +10,7 @@ use crate::resume::ResumeData;
 ///
 /// Inspect it with [`Error::kind`]; [`Error::code`] is the stable wire code for logs and
 /// other languages. A cancelled download carries its [`Error::resume_data`] when its bytes
-/// were kept.
+/// were kept, and so does a failed one whose bytes were right but could not be placed.
 #[derive(Debug)]
 pub struct Error {
     kind: ErrorKind,
@@ -97,7 +97,8 @@ impl Error {
         self.info.status
     }
 
-    /// For a download cancelled with its bytes kept: the blob to continue it from with
+    /// For a download cancelled with its bytes kept, or failed with its bytes kept (no
+    /// space, destination unusable): the blob to continue it from with
     /// [`Session::download_from_resume_data`](crate::Session::download_from_resume_data).
     pub fn resume_data(&self) -> Option<&ResumeData> {
         self.resume_data.as_ref()
@@ -121,6 +122,12 @@ impl Error {
             resume_data,
             ..Error::new(ErrorKind::Cancelled, "cancelled", message)
         }
+    }
+
+    /// The error of a failed download whose bytes were kept (no space, destination).
+    pub(crate) fn with_resume_data(mut self, resume_data: Option<ResumeData>) -> Error {
+        self.resume_data = resume_data;
+        self
     }
 
     pub(crate) fn disconnected(message: impl Into<String>) -> Error {

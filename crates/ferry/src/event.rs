@@ -56,14 +56,16 @@ impl Event {
     }
 
     /// For [`Completed`](EventKind::Completed): `Ok` when the task succeeded, else its error
-    /// — a cancelled download's error carries its [`Error::resume_data`].
+    /// — a cancelled download's error carries its [`Error::resume_data`], and so does a
+    /// failed one whose bytes were kept (no space, destination folder unusable).
     pub fn result(&self) -> Option<Result<(), Error>> {
         let EventKind::Completed { outcome, .. } = &self.frame.event else {
             return None;
         };
         Some(match outcome {
             Outcome::Succeeded => Ok(()),
-            Outcome::Failed { error } => Err(Error::from(error.clone())),
+            Outcome::Failed { error, resume_data } => Err(Error::from(error.clone())
+                .with_resume_data(resume_data.clone().map(ResumeData::from_wire))),
             Outcome::Cancelled {
                 reason,
                 resume_data,

@@ -634,12 +634,14 @@ pub(crate) async fn remove(
         )),
         _ => Ok(()),
     };
-    // Bytes kept after a failure (no space) are of no use without the task.
+    // A staging file left behind (a crash between a run's end and its cleanup) is of no use
+    // without the task.
     delete(&ctx.layout.staging(task))?;
     if delete_file {
         match (outcome, &row.location, &row.resume_data) {
             (OutcomeKind::Succeeded, Some(location), _) => delete(Path::new(location))?,
-            (OutcomeKind::Cancelled, _, Some(blob)) => ctx.keeper.discard(blob).map_err(|e| {
+            // Resume data of a cancelled task, or of a failed one whose bytes were kept.
+            (_, _, Some(blob)) => ctx.keeper.discard(blob).map_err(|e| {
                 ErrorInfo::new(
                     "io",
                     format!("cannot delete the kept bytes of task {task}: {e}"),

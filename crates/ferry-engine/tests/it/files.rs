@@ -30,6 +30,16 @@ impl Tmpfs {
     fn path(&self) -> &Path {
         &self.path
     }
+
+    fn read_only(self) -> Tmpfs {
+        let status = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.path)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remounting read-only");
+        self
+    }
 }
 
 impl Drop for Tmpfs {
@@ -59,6 +69,28 @@ async fn full_disk_is_no_space_and_keeps_the_bytes() {
         &content(41, 2_000_000)[..checkpoint.bytes() as usize]
     );
     assert!(env.out_files().is_empty());
+}
+
+/// A destination folder that cannot be written (a read-only file system here) is a
+/// `destination` error once the bytes are in, and they are kept (SPEC §15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_destination_folder_is_a_destination_error_and_keeps_the_bytes() {
+    let env = Env::new();
+    let folder = Tmpfs::mount("1m").read_only();
+    let mut spec = env.spec("/bytes/100000?seed=44");
+    spec.destination = Destination::File(folder.path().join("f.bin"));
+    let (result, _) = env.run(&spec).await;
+    let failure = result.unwrap_err();
+    assert_eq!(
+        failure.error.kind().code(),
+        "destination",
+        "{}",
+        failure.error
+    );
+    assert!(failure.error.kind().keeps_bytes());
+    let checkpoint = failure.checkpoint.expect("a checkpoint of the bytes");
+    assert_eq!(checkpoint.bytes(), 100_000);
+    assert_eq!(std::fs::read(&spec.staging).unwrap(), content(44, 100_000));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

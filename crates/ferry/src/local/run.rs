@@ -185,7 +185,7 @@ impl Shared {
                     self.cancel_locked(&mut state, id, reason, keep, failure.checkpoint);
                 }
                 (Some(stop), ErrorKind::Cancelled) => pause(task, stop, failure),
-                _ => record_failure(&mut state, id, failure, staging),
+                _ => self.record_failure(&mut state, id, failure, staging),
             },
         }
     }
@@ -249,7 +249,11 @@ impl Shared {
                     remove_quietly(reply_path);
                 }
                 let status = error.status.or(reply.as_ref().map(|r| r.status));
-                state.complete_with_reply(id, Outcome::Failed { error }, status, reply);
+                let failed = Outcome::Failed {
+                    error,
+                    resume_data: None,
+                };
+                state.complete_with_reply(id, failed, status, reply);
             }
         }
     }
@@ -319,20 +323,24 @@ fn pause(task: &mut Task, stop: Stop, failure: Failure) {
     task.checkpoint = failure.checkpoint;
 }
 
-fn record_failure(state: &mut State, id: TaskId, failure: Failure, staging: &Path) {
-    let Some(task) = state.tasks.get_mut(&id) else {
-        return;
-    };
-    let error = error_info(&failure.error);
-    // A full disk keeps the bytes for a later retry, as in the daemon.
-    if error.code == "no_space" {
-        task.checkpoint = failure.checkpoint;
-    } else {
+impl Shared {
+    /// A failed run: bytes that were right but could not be placed (no space, destination)
+    /// go to the resume area, with the blob in the `completed` event, as in the daemon.
+    fn record_failure(&self, state: &mut State, id: TaskId, failure: Failure, staging: &Path) {
+        let Some(task) = state.tasks.get_mut(&id) else {
+            return;
+        };
+        let error = error_info(&failure.error);
+        let resume_data = match failure.checkpoint {
+            Some(cp) if failure.error.kind().keeps_bytes() => self.keep_bytes(task, cp),
+            _ => None,
+        };
         task.checkpoint = None;
         remove_quietly(staging);
+        task.info.resume_data.clone_from(&resume_data);
+        let status = error.status;
+        state.complete(id, Outcome::Failed { error, resume_data }, status);
     }
-    let status = error.status;
-    state.complete(id, Outcome::Failed { error }, status);
 }
 
 fn record_success(state: &mut State, inbox: &Path, id: TaskId, finished: Finished) {

@@ -163,7 +163,11 @@ impl Shared {
             Err(error) => {
                 // A request that cannot even be built fails at once, with its events.
                 let status = error.status;
-                state.complete(id, Outcome::Failed { error }, status);
+                let failed = Outcome::Failed {
+                    error,
+                    resume_data: None,
+                };
+                state.complete(id, failed, status);
                 return;
             }
         };

@@ -191,23 +191,11 @@ impl Shared {
         let Some(task) = state.tasks.get_mut(&id) else {
             return;
         };
-        let staging = self.folder.staging(id);
         let resume_data = match checkpoint {
-            Some(cp) if keep && task.is_download() && cp.bytes() > 0 && staging.exists() => {
-                match self.keeper.keep(&staging, &task.request, cp) {
-                    Ok((blob, kept)) => {
-                        task.kept = Some(kept);
-                        Some(blob)
-                    }
-                    Err(e) => {
-                        tracing::warn!(task = id, error = %e, "could not keep the bytes for resume data");
-                        None
-                    }
-                }
-            }
+            Some(cp) if keep => self.keep_bytes(task, cp),
             _ => None,
         };
-        remove_quietly(&staging);
+        remove_quietly(&self.folder.staging(id));
         task.checkpoint = None;
         task.info.resume_data.clone_from(&resume_data);
         state.complete(
@@ -218,6 +206,29 @@ impl Shared {
             },
             None,
         );
+    }
+}
+
+impl Shared {
+    /// Moves a download's bytes (its staging file, as `checkpoint` describes it) into the
+    /// resume area and returns the blob to continue from; `None` for an upload, without
+    /// bytes, or when they cannot be kept.
+    pub(super) fn keep_bytes(&self, task: &mut Task, checkpoint: Checkpoint) -> Option<String> {
+        let id = task.info.id;
+        let staging = self.folder.staging(id);
+        if !task.is_download() || checkpoint.bytes() == 0 || !staging.exists() {
+            return None;
+        }
+        match self.keeper.keep(&staging, &task.request, checkpoint) {
+            Ok((blob, kept)) => {
+                task.kept = Some(kept);
+                Some(blob)
+            }
+            Err(e) => {
+                tracing::warn!(task = id, error = %e, "could not keep the bytes for resume data");
+                None
+            }
+        }
     }
 }
 
@@ -277,7 +288,7 @@ impl State {
         task.info.reply.clone_from(&reply);
         let kind = match &outcome {
             Outcome::Succeeded => OutcomeKind::Succeeded,
-            Outcome::Failed { error } => {
+            Outcome::Failed { error, .. } => {
                 task.info.error = Some(error.clone());
                 OutcomeKind::Failed
             }

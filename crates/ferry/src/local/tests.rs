@@ -278,7 +278,7 @@ async fn not_found_fails_with_http_status_and_writes_nothing() {
     );
     match events.last() {
         Some(Event::Completed {
-            outcome: Outcome::Failed { error },
+            outcome: Outcome::Failed { error, .. },
             status: Some(404),
             reply: None,
         }) => assert_eq!(
@@ -359,6 +359,45 @@ async fn suspend_and_resume_continue_from_the_bytes_kept() {
         last.header("range").is_some_and(|r| r != "bytes=0-"),
         "{last:?}"
     );
+}
+
+/// As in the daemon: bytes that could not be placed (the folder is missing) are kept, and the
+/// failed task's resume data places them elsewhere without fetching them again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_destination_folder_fails_with_resume_data() {
+    let mut f = fixture(SessionConfig::default());
+    let task = f
+        .create(f.to_file("/bytes/200000?seed=6", "gone/f.bin"))
+        .await;
+    let frames = f.until_completed(&[task.id]).await;
+    let Some(Event::Completed {
+        outcome: Outcome::Failed { error, resume_data },
+        ..
+    }) = events_of(&frames, task.id).last().copied()
+    else {
+        panic!("{frames:?}")
+    };
+    assert_eq!(error.code, "destination");
+    let blob = resume_data.clone().expect("the bytes were kept");
+    assert_eq!(
+        f.get(task.id).await.unwrap().resume_data.as_ref(),
+        Some(&blob)
+    );
+    let continued = f
+        .ask_task(Request::CreateFromResumeData {
+            session: SESSION.into(),
+            resume_data: blob,
+            destination: Some(f.path("f.bin")),
+            headers: Headers::default(),
+        })
+        .await
+        .unwrap();
+    f.until_completed(&[continued.id]).await;
+    assert_eq!(
+        std::fs::read(f.path("f.bin")).unwrap(),
+        content(6, 0, 200_000)
+    );
+    assert_eq!(f.server.requests().len(), 1, "nothing fetched again");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1068,7 +1107,7 @@ async fn checksum_mismatch_fails_without_placing_the_file() {
     let frames = f.until_completed(&[task.id]).await;
     match events_of(&frames, task.id).last() {
         Some(Event::Completed {
-            outcome: Outcome::Failed { error },
+            outcome: Outcome::Failed { error, .. },
             ..
         }) => assert_eq!(error.code, "checksum_mismatch"),
         other => panic!("{other:?}"),

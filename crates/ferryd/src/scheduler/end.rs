@@ -18,7 +18,14 @@ impl Scheduler {
             Ok(done) => End::Succeeded(done),
             Err(EndError::Engine(failure)) => match (stopped, failure.error.kind()) {
                 (Some(stop), ferry_engine::ErrorKind::Cancelled) => End::Stopped(stop, failure),
-                _ => End::Failed(failure.checkpoint.clone(), error_info(&failure.error)),
+                // Bytes that are right but could not be placed are kept for resume data.
+                _ => End::Failed(
+                    failure
+                        .checkpoint
+                        .clone()
+                        .filter(|_| failure.error.kind().keeps_bytes()),
+                    error_info(&failure.error),
+                ),
             },
             Err(EndError::Setup(error)) => End::Failed(None, error),
         };
@@ -41,7 +48,9 @@ impl Scheduler {
             let _ = std::fs::remove_file(staging);
             return;
         }
-        let remove_staging = matches!(&end, End::Failed(_, e) if e.code != "no_space");
+        let remove_staging = matches!(&end, End::Failed(..));
+        let (keeper, path) = (self.keeper.clone(), staging.clone());
+        let request = row.request.download().cloned();
         let written = self
             .store
             .write(move |c| {
@@ -73,14 +82,15 @@ impl Scheduler {
                         )?);
                         events.extend(tasks::after_completion(c, id)?);
                     }
-                    End::Failed(checkpoint, error) => {
+                    End::Failed(kept, error) => {
                         tasks::transition(c, id, &ACTIVE, failed(), Some(&error))?;
-                        match checkpoint {
-                            Some(cp) if error.code == "no_space" => {
-                                tasks::save_checkpoint(c, id, &cp)?
+                        tasks::delete_checkpoint(c, id)?;
+                        let resume_data = match (kept, &request) {
+                            (Some(cp), Some(request)) => {
+                                keep_for_resume(c, &keeper, &path, id, request, cp)?
                             }
-                            _ => tasks::delete_checkpoint(c, id)?,
-                        }
+                            _ => None,
+                        };
                         events.push(tasks::journal_append(
                             c,
                             &session,
@@ -88,7 +98,7 @@ impl Scheduler {
                             tag,
                             Event::Completed {
                                 status: error.status,
-                                outcome: Outcome::Failed { error },
+                                outcome: Outcome::Failed { error, resume_data },
                                 reply: None,
                             },
                         )?);
@@ -151,17 +161,8 @@ pub(super) fn cancel_job(
     }
     tasks::delete_checkpoint(c, id)?;
     let resume_data = match (order.checkpoint, row.request.download()) {
-        (Some(cp), Some(request)) if order.keep && cp.bytes() > 0 && staging.exists() => {
-            match keeper.keep(staging, request, cp) {
-                Ok(blob) => {
-                    tasks::set_resume_data(c, id, &blob)?;
-                    Some(blob)
-                }
-                Err(e) => {
-                    tracing::warn!(task = id, error = %e, "could not keep the bytes for resume data");
-                    None
-                }
-            }
+        (Some(cp), Some(request)) if order.keep => {
+            keep_for_resume(c, keeper, staging, id, request, cp)?
         }
         _ => None,
     };
@@ -182,6 +183,32 @@ pub(super) fn cancel_job(
     let mut events = vec![event];
     events.extend(tasks::after_completion(c, id)?);
     Ok((true, events))
+}
+
+/// Runs in the writer: moves task `id`'s bytes (`staging`, as `checkpoint` describes them)
+/// into the resume area and records the blob on its row; `None` without bytes, or when they
+/// cannot be kept (logged: the task still completes).
+fn keep_for_resume(
+    c: &rusqlite::Connection,
+    keeper: &Keeper,
+    staging: &std::path::Path,
+    id: u64,
+    request: &ferry_proto::DownloadRequest,
+    checkpoint: ferry_engine::Checkpoint,
+) -> Result<Option<String>, StoreError> {
+    if checkpoint.bytes() == 0 || !staging.exists() {
+        return Ok(None);
+    }
+    match keeper.keep(staging, request, checkpoint) {
+        Ok(blob) => {
+            tasks::set_resume_data(c, id, &blob)?;
+            Ok(Some(blob))
+        }
+        Err(e) => {
+            tracing::warn!(task = id, error = %e, "could not keep the bytes for resume data");
+            Ok(None)
+        }
+    }
 }
 
 /// Why a run produced no file.

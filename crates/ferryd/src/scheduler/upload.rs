@@ -174,7 +174,10 @@ impl Scheduler {
                             tag,
                             Event::Completed {
                                 status: reply.as_ref().map(|r| r.status).or(error.status),
-                                outcome: Outcome::Failed { error },
+                                outcome: Outcome::Failed {
+                                    error,
+                                    resume_data: None,
+                                },
                                 reply,
                             },
                         )?);

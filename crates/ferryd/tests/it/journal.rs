@@ -114,7 +114,7 @@ async fn unacknowledged_events_come_again_and_acks_cannot_skip_ahead() {
     assert_eq!(e.task, Some(t.id));
     match &e.event {
         Event::Completed {
-            outcome: Outcome::Failed { error },
+            outcome: Outcome::Failed { error, .. },
             status: Some(404),
             reply: None,
         } => {

@@ -195,3 +195,74 @@ async fn tampered_truncated_or_foreign_resume_data_is_refused() {
     // The genuine blob still works after all that.
     from_blob(&mut c, "s", &blob).await.unwrap();
 }
+
+/// SPEC §15: a destination folder that is missing when the file is to be placed is a clear
+/// error, and the bytes are kept: the failed task carries resume data that continues —
+/// here into another folder — without fetching them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_destination_folder_fails_with_resume_data_that_places_the_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let n = 300_000u64;
+    let nowhere = dir.path().join("gone").join("f.bin");
+    let t = c
+        .create(
+            "s",
+            download(server.url(&format!("/bytes/{n}?seed=41")), Some(&nowhere)),
+        )
+        .await;
+    let failed = wait_completed(&mut c, t.id).await;
+    assert_eq!(
+        failed.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Failed
+        }
+    );
+    let error = failed.error.expect("an error");
+    assert_eq!(error.code, "destination");
+    assert!(error.message.contains("gone"), "{}", error.message);
+    let blob = failed.resume_data.expect("the bytes were kept");
+    assert!(!nowhere.exists());
+    assert_eq!(server.bytes_sent(), n);
+
+    // The `completed` event carries the same blob.
+    c.attach("s").await.unwrap();
+    let completed = loop {
+        let e = c.next_journaled().await;
+        if let Event::Completed { outcome, .. } = e.event {
+            break outcome;
+        }
+    };
+    assert_eq!(
+        completed,
+        Outcome::Failed {
+            error,
+            resume_data: Some(blob.clone()),
+        }
+    );
+
+    let elsewhere = dir.path().join("f.bin");
+    let Response::Task { task } = c
+        .request(Request::CreateFromResumeData {
+            session: "s".into(),
+            resume_data: blob,
+            destination: Some(elsewhere.display().to_string()),
+            headers: Default::default(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let done = wait_completed(&mut c, task.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), content(41, 0, n));
+    assert_eq!(server.bytes_sent(), n, "nothing fetched again");
+}

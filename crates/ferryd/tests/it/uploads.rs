@@ -142,7 +142,7 @@ async fn a_413_fails_with_the_reply_kept() {
     let completed = c.next_journaled().await;
     match completed.event {
         Event::Completed {
-            outcome: Outcome::Failed { error },
+            outcome: Outcome::Failed { error, .. },
             status: Some(413),
             reply: Some(r),
         } => {
