@@ -330,6 +330,19 @@ pub(crate) fn redirect_target(
     Ok(next)
 }
 
+/// The headers of a request: the session's, with the task's replacing every value of a name
+/// it sets (SPEC §4: headers "per session, overridable per task"); a name repeated within one
+/// of them keeps all its values.
+pub fn layered_headers(mut session: HeaderMap, task: HeaderMap) -> HeaderMap {
+    for name in task.keys() {
+        session.remove(name);
+    }
+    for (name, value) in &task {
+        session.append(name.clone(), value.clone());
+    }
+    session
+}
+
 /// Removes the headers that carry credentials: they are never sent to another origin than
 /// the one they were given for (SPEC §9).
 pub(crate) fn drop_credentials(headers: &mut HeaderMap) {
@@ -365,6 +378,38 @@ fn check_scheme(url: &Url, text: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_headers_replace_the_sessions_of_the_same_name() {
+        let map = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(*k, http::HeaderValue::from_static(v));
+            }
+            m
+        };
+        let session = map(&[
+            ("authorization", "Bearer s"),
+            ("x-app", "1"),
+            ("accept", "a"),
+        ]);
+        let task = map(&[
+            ("authorization", "Bearer t"),
+            ("accept", "b"),
+            ("accept", "c"),
+        ]);
+        let merged = layered_headers(session, task);
+        let all = |name| {
+            merged
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all("authorization"), ["Bearer t"]);
+        assert_eq!(all("accept"), ["b", "c"]);
+        assert_eq!(all("x-app"), ["1"]);
+    }
 
     #[test]
     fn rejects_bad_urls_with_reasons() {

@@ -222,8 +222,10 @@ impl Shared {
         };
         let mut spec = DownloadSpec::new(&request.url, self.folder.staging(id), destination);
         spec.conflict = conflict;
-        spec.headers =
-            validate::headers(self.config.headers.0.iter().chain(request.headers.0.iter()))?;
+        spec.headers = ferry_engine::layered_headers(
+            validate::headers(self.config.headers.0.iter())?,
+            validate::headers(request.headers.0.iter())?,
+        );
         spec.checksum = request
             .checksum
             .as_deref()
@@ -260,8 +262,10 @@ impl Shared {
         let request = &task.request;
         let mut spec = UploadSpec::new(&request.url, upload.body.clone(), self.folder.reply(id));
         spec.method = upload.method;
-        spec.headers =
-            validate::headers(self.config.headers.0.iter().chain(request.headers.0.iter()))?;
+        spec.headers = ferry_engine::layered_headers(
+            validate::headers(self.config.headers.0.iter())?,
+            validate::headers(request.headers.0.iter())?,
+        );
         spec.limits = self.limits(task);
         spec.request_timeout = self.request_timeout();
         spec.resource_timeout = Some(self.resource_timeout_left(task));

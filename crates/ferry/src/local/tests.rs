@@ -1078,13 +1078,19 @@ async fn reports_redirects_and_retries() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sends_session_and_task_headers() {
     let f = fixture(SessionConfig {
-        headers: Headers(vec![("X-Session".into(), "s".into())]),
+        headers: Headers(vec![
+            ("X-Session".into(), "s".into()),
+            ("Authorization".into(), "Bearer session".into()),
+        ]),
         ..SessionConfig::default()
     });
     let task = f
         .runtime
         .create_data(DownloadRequest {
-            headers: Headers(vec![("X-Task".into(), "t".into())]),
+            headers: Headers(vec![
+                ("X-Task".into(), "t".into()),
+                ("authorization".into(), "Bearer task".into()),
+            ]),
             ..request(f.url("/echo"))
         })
         .await
@@ -1093,6 +1099,8 @@ async fn sends_session_and_task_headers() {
     let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(echoed["x-session"], "s");
     assert_eq!(echoed["x-task"], "t");
+    // The task's value replaces the session's (SPEC §4), rather than both being sent.
+    assert_eq!(echoed["authorization"], "Bearer task");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -692,7 +692,10 @@ impl Scheduler {
             (None, None) => folder(self.layout.inbox(&row.session), "the inbox")?,
         };
         let mut spec = DownloadSpec::new(&request.url, self.layout.staging(row.id), destination);
-        spec.headers = headers(config.headers.0.iter().chain(request.headers.0.iter()))?;
+        spec.headers = ferry_engine::layered_headers(
+            headers(config.headers.0.iter())?,
+            headers(request.headers.0.iter())?,
+        );
         spec.conflict = match config.destination_conflict {
             ferry_proto::Conflict::Rename => ferry_engine::Conflict::Rename,
             ferry_proto::Conflict::Overwrite => ferry_engine::Conflict::Overwrite,

@@ -91,7 +91,10 @@ impl Scheduler {
             UploadMethod::Put => ferry_engine::UploadMethod::Put,
             UploadMethod::Post => ferry_engine::UploadMethod::Post,
         };
-        spec.headers = headers(config.headers.0.iter().chain(request.headers.0.iter()))?;
+        spec.headers = ferry_engine::layered_headers(
+            headers(config.headers.0.iter())?,
+            headers(request.headers.0.iter())?,
+        );
         spec.limits = self.limits(&row.session, request.rate_limit);
         spec.request_timeout = Duration::from_secs(config.request_timeout_secs.max(1));
         let left = config.resource_timeout_secs.saturating_sub(spent_secs);

@@ -1,7 +1,10 @@
 //! Control without attachment: create, list, get, suspend, resume, cancel, update the URL,
 //! remove, status.
 
-use ferry_proto::{ErrorInfo, Event, Outcome, OutcomeKind, Request, Response, TaskInfo, TaskState};
+use ferry_proto::{
+    ErrorInfo, Event, Headers, Outcome, OutcomeKind, Request, Response, SessionConfig, TaskInfo,
+    TaskState,
+};
 use ferry_testserver::{TestServer, content};
 
 use crate::fixture::{Client, Daemon, download, wait_completed, wait_until};
@@ -500,6 +503,32 @@ async fn a_task_larger_than_a_page_is_still_answered_and_listed() {
     assert_eq!(tasks[0].id, huge.id);
     let listed: Vec<u64> = c.tasks(Some("huge")).await.iter().map(|t| t.id).collect();
     assert_eq!(listed, asked);
+}
+
+/// SPEC §4: a session's headers go with every request, and a task's header replaces the
+/// session's of the same name instead of both being sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tasks_header_replaces_the_sessions_of_the_same_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let config = SessionConfig {
+        headers: Headers(vec![
+            ("X-Session".into(), "s".into()),
+            ("Authorization".into(), "Bearer session".into()),
+        ]),
+        ..SessionConfig::default()
+    };
+    c.attach_with("h", config, false).await.unwrap();
+    let out = dir.path().join("echo.json");
+    let mut req = download(server.url("/echo"), Some(&out));
+    req.headers = Headers(vec![("authorization".into(), "Bearer task".into())]);
+    let task = c.create("h", req).await;
+    wait_completed(&mut c, task.id).await;
+    let echoed: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(echoed["x-session"], "s");
+    assert_eq!(echoed["authorization"], "Bearer task");
 }
 
 /// SPEC §14: an error that names a URL (a redirect loop here) does not show a password
