@@ -10,6 +10,7 @@
 //!   inbox/<session>/        finished downloads without a destination
 //!   replies/<task>.reply    the reply to an upload, until its `completed` is acknowledged
 //!   resume/<id>.part        kept bytes of resume data, reclaimed after the retention period
+//!                           once no task or unacknowledged event holds their blob
 //!   logs/launch-<session>.log (+ .1)  launch command output, rotated at 1 MiB
 //! ```
 

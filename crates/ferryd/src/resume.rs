@@ -5,13 +5,16 @@
 //! [`Payload`], `mac` the hex of HMAC-SHA-256 over the payload's bytes with the daemon's
 //! 32-byte key (`$FERRY_HOME/resume.key`, created on first use, mode 0600). The bytes live in
 //! the resume area, `$FERRY_HOME/resume/<file.id>.part`, until a task is created from the blob
-//! or the retention period (7 days unless configured) has passed since they were kept: the
-//! sweep ([`crate::retention`]) then reclaims them ([`Keeper::reclaim`]); a file's
-//! modification time is set when it is kept, and is its age.
+//! or the retention period (7 days unless configured) has passed since they were kept and no
+//! task row or undelivered event of the daemon holds their blob any more (SPEC §6: never
+//! purged while resume data that names them exists): the sweep ([`crate::retention`]) then
+//! reclaims them ([`Keeper::reclaim`]); a file's modification time is set when it is kept,
+//! and is its age.
 //! A blob that is not of this form, is cut short, was altered or was made by another daemon
 //! (another key), or whose file is gone or changed, is refused with `invalid_resume_data` and
 //! a reason.
 
+use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -122,13 +125,14 @@ impl Keeper {
         self
     }
 
-    /// Deletes kept bytes kept longer ago than the retention period before `now` (a task
-    /// created from their blob has moved them out of the area). Returns how many files were
-    /// deleted; a file that cannot be examined or deleted is logged and skipped.
+    /// Deletes kept bytes kept longer ago than the retention period before `now`, except
+    /// those whose file id is `in_use` (a task created from their blob has moved them out of
+    /// the area). Returns how many files were deleted; a file that cannot be examined or
+    /// deleted is logged and skipped.
     ///
     /// # Errors
     /// When the area cannot be listed.
-    pub fn reclaim(&self, now: SystemTime) -> std::io::Result<usize> {
+    pub fn reclaim(&self, now: SystemTime, in_use: &HashSet<String>) -> std::io::Result<usize> {
         let mut reclaimed = 0;
         for entry in std::fs::read_dir(&self.area)? {
             let entry = match entry {
@@ -140,6 +144,13 @@ impl Keeper {
             };
             let path = entry.path();
             if path.extension().is_none_or(|e| e != "part") {
+                continue;
+            }
+            if path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .is_some_and(|id| in_use.contains(id))
+            {
                 continue;
             }
             let kept_at = match entry.metadata().and_then(|m| m.modified()) {
@@ -243,6 +254,38 @@ impl Keeper {
     /// `invalid_resume_data`, saying whether the blob is foreign, altered, truncated, of an
     /// unknown version, or its bytes are gone or changed.
     pub fn open_blob(&self, blob: &str) -> Result<(Payload, PathBuf), ErrorInfo> {
+        let payload = self.verify(blob)?;
+        let path = self.file(&payload.file.id);
+        let (len, tail) = tail_hash(&path).map_err(|_| {
+            let age = crate::store::now().saturating_sub(payload.created_at);
+            if u64::try_from(age).unwrap_or(0) >= self.retention.as_secs() {
+                invalid(format!(
+                    "the bytes this resume data names are gone: they expired (kept bytes not \
+                     used within the retention period of {} are reclaimed; these were kept {} \
+                     ago)",
+                    human(self.retention.as_secs()),
+                    human(u64::try_from(age).unwrap_or(0)),
+                ))
+            } else {
+                invalid(
+                    "the bytes this resume data names are gone (already used, or deleted when \
+                     its task was removed)",
+                )
+            }
+        })?;
+        if len != payload.file.len || tail != payload.file.tail_sha256 {
+            return Err(invalid("the bytes this resume data names have changed"));
+        }
+        Ok((payload, path))
+    }
+
+    /// The id of the kept file a blob of this daemon names (`None` for anything else).
+    pub fn file_id(&self, blob: &str) -> Option<String> {
+        self.verify(blob).ok().map(|payload| payload.file.id)
+    }
+
+    /// Checks a blob's form, authentication and version, and decodes its payload.
+    fn verify(&self, blob: &str) -> Result<Payload, ErrorInfo> {
         let body = blob.trim().strip_prefix(PREFIX).ok_or_else(|| {
             if blob.trim().starts_with("ferry-resume-v") {
                 invalid("resume data of an unsupported version")
@@ -273,28 +316,7 @@ impl Keeper {
         if !payload.file.id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(invalid("resume data names an invalid file"));
         }
-        let path = self.file(&payload.file.id);
-        let (len, tail) = tail_hash(&path).map_err(|_| {
-            let age = crate::store::now().saturating_sub(payload.created_at);
-            if u64::try_from(age).unwrap_or(0) >= self.retention.as_secs() {
-                invalid(format!(
-                    "the bytes this resume data names are gone: they expired (kept bytes not \
-                     used within the retention period of {} are reclaimed; these were kept {} \
-                     ago)",
-                    human(self.retention.as_secs()),
-                    human(u64::try_from(age).unwrap_or(0)),
-                ))
-            } else {
-                invalid(
-                    "the bytes this resume data names are gone (already used, or deleted when \
-                     its task was removed)",
-                )
-            }
-        })?;
-        if len != payload.file.len || tail != payload.file.tail_sha256 {
-            return Err(invalid("the bytes this resume data names have changed"));
-        }
-        Ok((payload, path))
+        Ok(payload)
     }
 
     /// Deletes the kept bytes a blob names, so that the blob stops working. Nothing is
@@ -455,9 +477,17 @@ mod tests {
         let other = dir.path().join("resume").join("notes.txt");
         std::fs::write(&other, b"not kept bytes").unwrap();
         let now = SystemTime::now();
-        assert_eq!(k.reclaim(now).unwrap(), 0);
+        let none = HashSet::new();
+        assert_eq!(k.reclaim(now, &none).unwrap(), 0);
         assert!(path.exists());
-        assert_eq!(k.reclaim(now + Duration::from_secs(61)).unwrap(), 1);
+        // Past the period, but a task or an event still holds the blob: kept.
+        let in_use = HashSet::from([k.file_id(&blob).unwrap()]);
+        assert_eq!(
+            k.reclaim(now + Duration::from_secs(61), &in_use).unwrap(),
+            0
+        );
+        assert!(path.exists());
+        assert_eq!(k.reclaim(now + Duration::from_secs(61), &none).unwrap(), 1);
         assert!(!path.exists());
         assert!(other.exists(), "only kept bytes are reclaimed");
         // Within the period a missing file was used or removed; after it, it expired.

@@ -3,9 +3,10 @@
 //! A sweep runs when the daemon starts and then every [`RetentionConfig::interval`] (an hour
 //! unless configured), until shutdown. With the retention period `P` (7 days unless
 //! configured) it
-//! - deletes kept bytes in the resume area kept more than `P` ago and not used by
-//!   `create_from_resume_data` ([`Keeper::reclaim`](crate::resume::Keeper::reclaim)); their
-//!   resume data is then refused with `invalid_resume_data`, saying they expired;
+//! - deletes kept bytes in the resume area kept more than `P` ago, not used by
+//!   `create_from_resume_data` and named by no task row or unacknowledged event any more
+//!   ([`Keeper::reclaim`](crate::resume::Keeper::reclaim)); their resume data is then
+//!   refused with `invalid_resume_data`, saying they expired;
 //! - forgets completed tasks that completed more than `P` ago and have no unacknowledged
 //!   event, as `remove` does without `delete_file` (a placed file stays where it is);
 //! - forgets the tombstones of tasks removed more than `P` ago (`get_tasks` then calls them
@@ -60,8 +61,16 @@ pub async fn run(ctx: Arc<Context>, config: RetentionConfig, shutdown: Cancellat
 
 /// One sweep: the resume area, then completed tasks.
 pub async fn sweep(ctx: &Context, period: Duration) {
-    let keeper = ctx.keeper.clone();
-    match tokio::task::spawn_blocking(move || keeper.reclaim(SystemTime::now())).await {
+    let (keeper, store) = (ctx.keeper.clone(), ctx.store.clone());
+    let reclaim = move || {
+        // Kept bytes a task row or an undelivered event still names stay (SPEC §6).
+        let held = store
+            .read(tasks::held_resume_data)
+            .map_err(std::io::Error::other)?;
+        let in_use = held.iter().filter_map(|b| keeper.file_id(b)).collect();
+        keeper.reclaim(SystemTime::now(), &in_use)
+    };
+    match tokio::task::spawn_blocking(reclaim).await {
         Ok(Ok(0)) => {}
         Ok(Ok(n)) => tracing::info!(files = n, "reclaimed expired kept bytes"),
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot sweep the resume area"),

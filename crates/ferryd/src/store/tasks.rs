@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use ferry_proto::{
-    DownloadRequest, ErrorInfo, Event, EventFrame, Headers, OutcomeKind, Priority, RemovedTask,
-    Reply, TaskInfo, TaskKind, TaskState, UploadRequest,
+    DownloadRequest, ErrorInfo, Event, EventFrame, Headers, Outcome, OutcomeKind, Priority,
+    RemovedTask, Reply, TaskInfo, TaskKind, TaskState, UploadRequest,
 };
 use rusqlite::{Connection, OptionalExtension, Row};
 
@@ -768,6 +768,37 @@ pub fn expired_completed(conn: &Connection, before: i64) -> Result<Vec<u64>, Sto
     )?;
     let ids = stmt.query_map([before], |r| r.get::<_, i64>(0))?;
     ids.map(|id| Ok(id? as u64)).collect()
+}
+
+/// Every blob of resume data the daemon still holds: on task rows, and in `completed` events
+/// not yet acknowledged — the kept bytes they name are in use.
+pub fn held_resume_data(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut blobs = Vec::new();
+    let mut rows =
+        conn.prepare_cached("SELECT resume_data FROM tasks WHERE resume_data IS NOT NULL")?;
+    for blob in rows.query_map([], |r| r.get::<_, String>(0))? {
+        blobs.push(blob?);
+    }
+    let mut events =
+        conn.prepare_cached("SELECT event FROM journal WHERE event LIKE '%\"resume_data\":\"%'")?;
+    for event in events.query_map([], |r| r.get::<_, String>(0))? {
+        if let Event::Completed {
+            outcome:
+                Outcome::Cancelled {
+                    resume_data: Some(blob),
+                    ..
+                }
+                | Outcome::Failed {
+                    resume_data: Some(blob),
+                    ..
+                },
+            ..
+        } = serde_json::from_str(&event?)?
+        {
+            blobs.push(blob);
+        }
+    }
+    Ok(blobs)
 }
 
 /// Records a cancelled task's resume data.

@@ -80,29 +80,61 @@ async fn listed(socket: &Path, id: u64) -> bool {
         .any(|t| t.id == id)
 }
 
+/// Kept bytes go after the retention period once nothing of the daemon names their resume
+/// data any more — never while a task row or an unacknowledged event still holds it (SPEC §6).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kept_bytes_expire_after_the_retention_period() {
+async fn kept_bytes_expire_after_the_retention_period_once_nothing_names_them() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start().unwrap();
     let home = dir.path().join("home");
     let daemon = Daemon::start_env(&home, 200, SHORT).await;
     let mut c = daemon.client().await;
-    let task =
-        cancelled_with_resume_data(&daemon, &mut c, &server, "s", &dir.path().join("r")).await;
-    let blob = task.resume_data.clone().unwrap();
-    assert_eq!(kept_files(&home).len(), 1, "the bytes are kept");
+    // Held: its task stays (its events are not acknowledged).
+    let held =
+        cancelled_with_resume_data(&daemon, &mut c, &server, "s", &dir.path().join("h")).await;
+    let held_file = kept_files(&home);
+    assert_eq!(held_file.len(), 1, "the bytes are kept");
+    // Let go: its events are acknowledged and its task removed (the blob is only with the
+    // client now).
+    let free =
+        cancelled_with_resume_data(&daemon, &mut c, &server, "f", &dir.path().join("f")).await;
+    let blob = free.resume_data.clone().unwrap();
+    let mut app = daemon.client().await;
+    app.attach("f").await.unwrap();
+    app.ack("f", u64::MAX).await;
+    c.request(Request::Remove {
+        task: free.id,
+        delete_file: false,
+    })
+    .await
+    .unwrap();
+    assert_eq!(kept_files(&home).len(), 2);
 
+    wait_until(|| {
+        let home = home.clone();
+        async move { kept_files(&home).len() == 1 }
+    })
+    .await;
+    assert_eq!(
+        kept_files(&home),
+        held_file,
+        "the held bytes stay past the period"
+    );
+    let err = from_blob(&mut c, &blob).await.unwrap_err();
+    assert_eq!(err.code, "invalid_resume_data");
+    assert!(err.message.contains("expired"), "{}", err.message);
+    assert!(listed(&daemon.socket(), held.id).await);
+    assert_eq!(c.tasks(None).await.len(), 1, "nothing was created");
+
+    // Once its events are acknowledged the task is forgotten, and then its bytes go too.
+    c.attach("s").await.unwrap();
+    c.ack("s", u64::MAX).await;
     wait_until(|| {
         let home = home.clone();
         async move { kept_files(&home).is_empty() }
     })
     .await;
-    let err = from_blob(&mut c, &blob).await.unwrap_err();
-    assert_eq!(err.code, "invalid_resume_data");
-    assert!(err.message.contains("expired"), "{}", err.message);
-    // The task itself stays: its events are not acknowledged.
-    assert!(listed(&daemon.socket(), task.id).await);
-    assert_eq!(c.tasks(Some("s")).await.len(), 1, "nothing was created");
+    assert!(!listed(&daemon.socket(), held.id).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
