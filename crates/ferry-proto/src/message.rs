@@ -803,6 +803,15 @@ pub struct RemovedTask {
     pub removed_at: i64,
 }
 
+/// When something `delay` from now is due, in milliseconds since the Unix epoch (the
+/// `retrying` event's `at`).
+pub fn due_in(delay: std::time::Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from((now + delay).as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The most ids one `get_tasks` request may ask for.
 pub const MAX_GET_TASKS: usize = 10_000;
 
@@ -929,8 +938,12 @@ pub enum Event {
     Retrying {
         /// Consecutive failed attempts.
         attempt: u32,
-        /// Milliseconds until the next attempt.
+        /// Milliseconds until the next attempt, counted from when the event was made.
         delay_ms: u64,
+        /// When the next attempt is due, in milliseconds since the Unix epoch — what still
+        /// means something when the event is replayed later (absent from older daemons).
+        #[serde(default)]
+        at: Option<u64>,
         /// What failed.
         error: ErrorInfo,
     },

@@ -299,6 +299,7 @@ impl Shared {
                 Event::Retrying {
                     attempt,
                     delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    at: Some(ferry_proto::due_in(delay)),
                     error,
                 }
             }

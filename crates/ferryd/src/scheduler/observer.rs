@@ -53,6 +53,7 @@ impl ferry_engine::Observer for TaskObserver {
                             Event::Retrying {
                                 attempt,
                                 delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                                at: Some(ferry_proto::due_in(delay)),
                                 error: info.clone(),
                             },
                             Some((RETRY_WAIT, Some(info))),

@@ -248,10 +248,25 @@ async fn transient_errors_wait_and_retry_instead_of_failing() {
         )
         .await;
     let e = c.next_journaled().await;
+    let received = ferry_proto::due_in(std::time::Duration::ZERO);
     match &e.event {
         ferry_proto::Event::Retrying {
-            attempt: 1, error, ..
-        } => assert_eq!(error.code, "connection"),
+            attempt: 1,
+            error,
+            delay_ms,
+            at: Some(at),
+        } => {
+            assert_eq!(error.code, "connection");
+            // Made before it was received: due at most `delay_ms` after that.
+            assert!(
+                *at <= received + delay_ms,
+                "{at} vs {received} + {delay_ms}"
+            );
+            assert!(
+                *at + 60_000 > received + delay_ms,
+                "{at} vs {received} + {delay_ms}"
+            );
+        }
         other => panic!("{other:?}"),
     }
     let t = c.task(down.id).await;
