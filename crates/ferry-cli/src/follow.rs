@@ -13,7 +13,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ferry::{Daemon, OutcomeKind, RemovedTask, TaskId, TaskInfo, TaskState, hide_url_passwords};
+use ferry::{Daemon, OutcomeKind, RemovedTask, TaskId, TaskInfo, TaskState, hide_url_password};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{client, exit, format};
@@ -234,7 +234,7 @@ pub fn result_line(task: &TaskInfo) -> String {
         Some(reply),
     ) = (&task.state, &task.reply)
     {
-        let url = hide_url_passwords(&task.url);
+        let url = hide_url_password(&task.url);
         return format!("{} {state} HTTP {} → {url}", task.id, reply.status);
     }
     match (&task.state, &task.error) {
@@ -245,7 +245,7 @@ pub fn result_line(task: &TaskInfo) -> String {
             _,
         ) => format!("{} {state} {}", task.id, format::destination(task)),
         (_, Some(error)) => format!("{} {state} {}", task.id, format::error(error)),
-        _ => format!("{} {state} {}", task.id, hide_url_passwords(&task.url)),
+        _ => format!("{} {state} {}", task.id, hide_url_password(&task.url)),
     }
 }
 
@@ -263,7 +263,7 @@ fn label(task: &TaskInfo) -> String {
     let path = task.location.as_deref().or(task.destination.as_deref());
     let from_path = path.and_then(|p| std::path::Path::new(p).file_name()?.to_str());
     let from_url = || {
-        let url = hide_url_passwords(&task.url);
+        let url = hide_url_password(&task.url);
         let name = url
             .split(['?', '#'])
             .next()

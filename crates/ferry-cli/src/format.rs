@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use ferry::{Headers, RemovedTask, TaskInfo, TaskKind, hide_url_passwords};
+use ferry::{Headers, RemovedTask, TaskInfo, TaskKind, hide_url_password, hide_url_passwords};
 use serde_json::{Value, json};
 
 /// `512 B`, `1.5 KiB`, `20.0 MiB` (binary units, as `ls -h` and curl use).
@@ -54,7 +54,7 @@ pub fn error(error: &ferry::ErrorInfo) -> String {
 /// Where a task's file is or will be.
 pub fn destination(task: &TaskInfo) -> String {
     if task.kind == TaskKind::Upload {
-        return format!("→ {}", hide_url_passwords(&task.url));
+        return format!("→ {}", hide_url_password(&task.url));
     }
     task.location
         .clone()
@@ -77,8 +77,8 @@ pub fn task_json(task: &TaskInfo) -> Value {
     json!({
         "id": task.id,
         "session": task.session,
-        "url": hide_url_passwords(&task.url),
-        "current_url": task.current_url.as_deref().map(hide_url_passwords),
+        "url": hide_url_password(&task.url),
+        "current_url": task.current_url.as_deref().map(hide_url_password),
         "state": task.state.name(),
         "bytes_done": task.bytes_done,
         "bytes_total": task.bytes_total,

@@ -161,7 +161,8 @@ fn main() -> ExitCode {
         // `ferry ls | head`: the reader went away; nothing is wrong.
         Err(e) if client::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ferry: {}", one_line(&e));
+            // An error may quote a URL the user gave, password and all (SPEC §14).
+            eprintln!("ferry: {}", ferry::hide_url_passwords(&one_line(&e)));
             ExitCode::from(client::exit_status(&e))
         }
     }

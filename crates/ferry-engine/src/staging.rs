@@ -206,9 +206,10 @@ fn same_filesystem(a: &Path, dir: &Path) -> bool {
 }
 
 fn copy_synced(from: &Path, to: &Path) -> Result<(), Error> {
-    let copied = File::open(from)
-        .and_then(|mut src| {
-            let mut dst = File::create(to)?;
+    // A staging file that cannot be read is not the destination's fault.
+    let mut src = File::open(from).map_err(|e| Error::io("read", from, e))?;
+    let copied = File::create(to)
+        .and_then(|mut dst| {
             io::copy(&mut src, &mut dst)?;
             dst.sync_all()
         })

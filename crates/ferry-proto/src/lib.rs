@@ -26,7 +26,7 @@ mod message;
 mod secrets;
 
 pub use message::*;
-pub use secrets::{hide_url_passwords, without_url_password};
+pub use secrets::{hide_url_password, hide_url_passwords, without_url_password};
 
 /// The protocol version this crate speaks; sent in `hello` and `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -469,6 +469,15 @@ pub enum Conflict {
 pub struct Headers(pub Vec<(String, String)>);
 
 impl Headers {
+    /// These headers with `newer`'s replacing every value of a name it sets (names compare
+    /// case-insensitively) — as a task's headers override its session's.
+    pub fn overridden_by(mut self, newer: Headers) -> Headers {
+        self.0
+            .retain(|(name, _)| !newer.0.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)));
+        self.0.extend(newer.0);
+        self
+    }
+
     /// Whether a header name carries a secret that must never be logged or echoed (a
     /// server's `Set-Cookie` included, as it may come in an upload's reply).
     pub fn is_secret(name: &str) -> bool {
@@ -706,7 +715,8 @@ pub struct TaskInfo {
     pub group: Option<String>,
     /// Its priority.
     pub priority: Priority,
-    /// For a download cancelled with its bytes kept: the blob to continue it from.
+    /// For a download cancelled with its bytes kept, or failed with bytes that were right but
+    /// could not be placed (no space, destination): the blob to continue it from.
     #[serde(default)]
     pub resume_data: Option<String>,
     /// The current transfer rate of a running task (bytes over roughly the last 3 seconds);
@@ -809,7 +819,7 @@ pub fn due_in(delay: std::time::Duration) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    u64::try_from((now + delay).as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(now.saturating_add(delay).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The most ids one `get_tasks` request may ask for.
@@ -1077,6 +1087,19 @@ mod tests {
         // Absent unless the bytes were kept: a failure reads as it always did.
         assert!(json["event"]["outcome"].get("resume_data").is_none());
         assert_eq!(serde_json::from_value::<ServerFrame>(json).unwrap(), event);
+    }
+
+    #[test]
+    fn newer_headers_replace_every_value_of_their_names() {
+        let pairs = |p: &[(&str, &str)]| {
+            Headers(p.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect())
+        };
+        let kept = pairs(&[("X-Keep", "1"), ("Accept", "a"), ("accept", "b")]);
+        let merged = kept.overridden_by(pairs(&[("ACCEPT", "c"), ("Authorization", "t")]));
+        assert_eq!(
+            merged,
+            pairs(&[("X-Keep", "1"), ("ACCEPT", "c"), ("Authorization", "t")])
+        );
     }
 
     #[test]

@@ -195,7 +195,8 @@
 //! # Errors
 //! Every fallible call returns [`Error`]: [`Error::kind`] says what went wrong,
 //! [`Error::is_transient`] whether trying again may help, [`Error::status`] the HTTP status
-//! of a failed task, [`Error::resume_data`] the blob of a cancelled download. A task's own
+//! of a failed task, [`Error::resume_data`] the blob of a cancelled download (or of one that
+//! failed with its bytes kept: no space, destination unusable). A task's own
 //! failure reaches you in its [`Completed`](EventKind::Completed) event
 //! ([`Event::result`]) and in [`TaskInfo::error`].
 //!
@@ -224,7 +225,7 @@ pub use event::{Event, EventKind, Events};
 pub use ferry_proto::{
     CancelReason, Conflict, ErrorInfo, FormField, FormFile, GroupInfo, Headers, Outcome,
     OutcomeKind, Priority, RemovedTask, Reply, RunPhase, SessionConfig, SessionInfo, TaskId,
-    TaskInfo, TaskKind, TaskState, UploadMethod, hide_url_passwords,
+    TaskInfo, TaskKind, TaskState, UploadMethod, hide_url_password, hide_url_passwords,
 };
 pub use futures_util::Stream;
 pub use group::Group;

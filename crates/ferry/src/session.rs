@@ -184,8 +184,8 @@ impl Session {
     }
 
     /// Creates a download that continues from `resume_data` (from
-    /// [`Task::cancel_with_resume_data`] or a cancelled task's [`Error::resume_data`]),
-    /// to the original destination.
+    /// [`Task::cancel_with_resume_data`] or the [`Error::resume_data`] of a task cancelled or
+    /// failed with its bytes kept), to the original destination.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidResumeData`] when the blob is corrupt, tampered with, foreign or

@@ -115,8 +115,8 @@ impl Task {
     }
 
     /// Forgets a completed task. With `delete_file`, also deletes what it left: the placed
-    /// file of a download that succeeded, or the kept bytes of one cancelled with resume
-    /// data (which then stops working). Events not yet taken are still delivered.
+    /// file of a download that succeeded, or the kept bytes of one cancelled (or failed) with
+    /// resume data (which then stops working). Events not yet taken are still delivered.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidState`] when the task has not completed: cancel it first.

@@ -758,7 +758,8 @@ async fn from_resume_data(
         request.destination = destination;
         request.directory = None;
     }
-    request.headers.0.extend(headers.0);
+    // Credentials given again replace what the blob kept of the same name.
+    request.headers = request.headers.overridden_by(headers);
     request.start = true;
     validate(&request)?;
     let layout = ctx.layout.clone();

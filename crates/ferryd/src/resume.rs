@@ -279,6 +279,11 @@ impl Keeper {
         Ok((payload, path))
     }
 
+    /// The kept file a blob of this daemon names (`None` for anything else).
+    pub fn kept_file(&self, blob: &str) -> Option<PathBuf> {
+        self.file_id(blob).map(|id| self.file(&id))
+    }
+
     /// The id of the kept file a blob of this daemon names (`None` for anything else).
     pub fn file_id(&self, blob: &str) -> Option<String> {
         self.verify(blob).ok().map(|payload| payload.file.id)

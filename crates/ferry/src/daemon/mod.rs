@@ -663,9 +663,6 @@ mod tests {
         }
     }
 
-    /// An acknowledgement whose connection died before its answer is sent again on the next
-    /// connection: the replayed events are dropped by the client as already handed out, so
-    /// nothing else would ever acknowledge them.
     /// A daemon from before `get_tasks` (revision 0) closes the connection on it: the
     /// library asks such a daemon one task at a time instead.
     #[tokio::test]
@@ -729,6 +726,9 @@ mod tests {
         assert_eq!(script.await.unwrap(), [7, 8]);
     }
 
+    /// An acknowledgement whose connection died before its answer is sent again on the next
+    /// connection: the replayed events are dropped by the client as already handed out, so
+    /// nothing else would ever acknowledge them.
     #[tokio::test]
     async fn an_acknowledgement_cut_off_by_a_reconnect_is_sent_again() {
         let home = tempfile::tempdir().unwrap();

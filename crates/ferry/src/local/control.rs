@@ -154,8 +154,8 @@ impl Shared {
     }
 
     /// Forgets a completed task; with `delete_file`, also the file it placed or the bytes
-    /// kept for its resume data. Bytes left in its staging file (a failure on a full disk)
-    /// go in any case: nothing can continue from them any more.
+    /// kept for its resume data. Bytes left in its staging file go in any case: nothing can
+    /// continue from them any more.
     pub(super) fn remove(&self, id: TaskId, delete_file: bool) -> Result<(), ErrorInfo> {
         let task = {
             let mut state = self.state();

@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ferry_proto::{DownloadRequest, ErrorInfo, Headers};
+use ferry_proto::{DownloadRequest, ErrorInfo, Headers, without_url_password};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -101,7 +101,13 @@ impl Keeper {
         let kept = self.area.join(format!("{id}.part"));
         std::fs::rename(staging, &kept)?;
         let len = std::fs::metadata(&kept)?.len();
+        // No secrets in a blob the application may log or store: no secret headers, no
+        // password in a URL (the daemon's blobs are made the same way).
+        let mut checkpoint = checkpoint;
+        checkpoint.url = without_url_password(&checkpoint.url).into_owned();
+        checkpoint.current_url = without_url_password(&checkpoint.current_url).into_owned();
         let mut request = request.clone();
+        request.url = without_url_password(&request.url).into_owned();
         request.headers = Headers(
             request
                 .headers
@@ -200,6 +206,24 @@ mod tests {
             }],
             file_name: None,
         }
+    }
+
+    #[test]
+    fn keeps_no_password_written_into_a_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let keeper = Keeper::new(dir.path().to_owned()).unwrap();
+        let staging = dir.path().join("s.part");
+        std::fs::write(&staging, b"0123").unwrap();
+        let request: DownloadRequest =
+            serde_json::from_value(serde_json::json!({"url": "http://ann:pa55word@h/f"})).unwrap();
+        let mut cp = checkpoint();
+        cp.url.clone_from(&request.url);
+        cp.current_url = "http://ann:pa55word@h/g".into();
+        let (blob, _) = keeper.keep(&staging, &request, cp).unwrap();
+        assert!(!blob.contains(&hex::encode("pa55word")));
+        let (payload, _) = keeper.open(&blob).unwrap();
+        assert_eq!(payload.request.url, "http://ann@h/f");
+        assert_eq!(payload.checkpoint.current_url, "http://ann@h/g");
     }
 
     #[test]

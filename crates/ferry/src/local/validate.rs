@@ -170,7 +170,8 @@ pub(super) fn headers<'a>(
 pub(super) fn error_info(error: &ferry_engine::Error) -> ErrorInfo {
     ErrorInfo {
         code: error.kind().code().to_owned(),
-        message: ferry_engine::display_chain(error),
+        // Output and logs never quote a password written into a URL (SPEC §14).
+        message: ferry_proto::hide_url_passwords(&ferry_engine::display_chain(error)).into_owned(),
         transient: error.is_transient(),
         status: error.status(),
     }

@@ -1,7 +1,7 @@
 //! Control requests: suspend, resume, cancel, terminate, priority and URL changes, and the
 //! same for groups.
 
-use super::end::{Cancellation, cancel_job};
+use super::end::{Cancellation, KeptMoves, cancel_job};
 use super::*;
 
 impl Scheduler {
@@ -71,6 +71,8 @@ impl Scheduler {
                 return Ok(true);
             }
             let (keeper, staging) = (self.keeper.clone(), self.layout.staging(task));
+            let moves = KeptMoves::default();
+            let undo = moves.clone();
             let moved = self
                 .store
                 .write(move |c| {
@@ -79,6 +81,7 @@ impl Scheduler {
                         keep,
                         reason,
                         checkpoint,
+                        moves: undo,
                     };
                     cancel_job(
                         c,
@@ -89,7 +92,9 @@ impl Scheduler {
                         order,
                     )
                 })
-                .await?;
+                .await;
+            moves.settle(&moved);
+            let moved = moved?;
             if moved {
                 let _ = std::fs::remove_file(self.layout.staging(task));
                 // An upload stopped after a failed attempt may have left its reply.

@@ -31,26 +31,33 @@ impl Scheduler {
         };
         if let End::Stopped(Stop::Cancel { reason, keep }, failure) = end {
             let (keeper, path) = (self.keeper.clone(), staging.clone());
+            let moves = KeptMoves::default();
+            let order = Cancellation {
+                keep,
+                reason,
+                checkpoint: failure.checkpoint,
+                moves: moves.clone(),
+            };
             let cancelled = self
                 .store
-                .write(move |c| {
-                    let order = Cancellation {
-                        keep,
-                        reason,
-                        checkpoint: failure.checkpoint,
-                    };
-                    cancel_job(c, &keeper, &path, id, &ACTIVE, order)
-                })
+                .write(move |c| cancel_job(c, &keeper, &path, id, &ACTIVE, order))
                 .await;
-            if let Err(e) = cancelled {
-                tracing::error!(task = id, error = %e, "could not record a cancellation");
+            moves.settle(&cancelled);
+            match cancelled {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(staging);
+                }
+                Err(e) => {
+                    tracing::error!(task = id, error = %e, "could not record a cancellation");
+                }
             }
-            let _ = std::fs::remove_file(staging);
             return;
         }
         let remove_staging = matches!(&end, End::Failed(..));
         let (keeper, path) = (self.keeper.clone(), staging.clone());
         let request = row.request.download().cloned();
+        let moves = KeptMoves::default();
+        let moved = moves.clone();
         let written = self
             .store
             .write(move |c| {
@@ -87,7 +94,7 @@ impl Scheduler {
                         tasks::delete_checkpoint(c, id)?;
                         let resume_data = match (kept, &request) {
                             (Some(cp), Some(request)) => {
-                                keep_for_resume(c, &keeper, &path, id, request, cp)?
+                                keep_for_resume(c, &keeper, &path, id, request, cp, &moved)?
                             }
                             _ => None,
                         };
@@ -127,11 +134,14 @@ impl Scheduler {
                 Ok(((), events))
             })
             .await;
-        if let Err(e) = written {
-            tracing::error!(task = id, error = %e, "could not record the end of a task");
-        }
-        if remove_staging {
-            let _ = std::fs::remove_file(staging);
+        moves.settle(&written);
+        match written {
+            Ok(()) if remove_staging => {
+                let _ = std::fs::remove_file(staging);
+            }
+            Ok(()) => {}
+            // Nothing changed: the bytes stay for the run the task gets after a restart.
+            Err(e) => tracing::error!(task = id, error = %e, "could not record the end of a task"),
         }
     }
 }
@@ -141,6 +151,37 @@ pub(super) struct Cancellation {
     pub(super) keep: bool,
     pub(super) reason: CancelReason,
     pub(super) checkpoint: Option<ferry_engine::Checkpoint>,
+    /// Where the kept bytes' move is recorded, to undo if the cancellation does not commit.
+    pub(super) moves: KeptMoves,
+}
+
+/// The bytes a write job moved into the resume area. The move is made inside the job (so the
+/// blob on the row names a file that exists); if the job's transaction does not commit, the
+/// row and its checkpoint are rolled back and the bytes are moved back to staging, where that
+/// checkpoint finds them.
+#[derive(Clone, Default)]
+pub(super) struct KeptMoves(Arc<Mutex<Vec<(PathBuf, PathBuf)>>>);
+
+impl KeptMoves {
+    pub(super) fn record(&self, kept: PathBuf, staging: PathBuf) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((kept, staging));
+    }
+
+    /// After the job: undoes its moves unless it committed.
+    pub(super) fn settle<T, E>(&self, written: &Result<T, E>) {
+        let moves = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        if written.is_ok() {
+            return;
+        }
+        for (kept, staging) in moves {
+            if let Err(e) = std::fs::rename(&kept, &staging) {
+                tracing::warn!(file = %kept.display(), error = %e, "could not move kept bytes back to staging");
+            }
+        }
+    }
 }
 
 /// Runs in the writer: completes task `id` as cancelled if it is in one of `from`, with resume
@@ -162,7 +203,7 @@ pub(super) fn cancel_job(
     tasks::delete_checkpoint(c, id)?;
     let resume_data = match (order.checkpoint, row.request.download()) {
         (Some(cp), Some(request)) if order.keep => {
-            keep_for_resume(c, keeper, staging, id, request, cp)?
+            keep_for_resume(c, keeper, staging, id, request, cp, &order.moves)?
         }
         _ => None,
     };
@@ -195,12 +236,16 @@ fn keep_for_resume(
     id: u64,
     request: &ferry_proto::DownloadRequest,
     checkpoint: ferry_engine::Checkpoint,
+    moves: &KeptMoves,
 ) -> Result<Option<String>, StoreError> {
     if checkpoint.bytes() == 0 || !staging.exists() {
         return Ok(None);
     }
     match keeper.keep(staging, request, checkpoint) {
         Ok(blob) => {
+            if let Some(kept) = keeper.kept_file(&blob) {
+                moves.record(kept, staging.to_owned());
+            }
             tasks::set_resume_data(c, id, &blob)?;
             Ok(Some(blob))
         }

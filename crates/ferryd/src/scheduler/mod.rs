@@ -845,6 +845,28 @@ mod tests {
     use super::*;
     use crate::store::NewTask;
 
+    /// Bytes moved into the resume area by a write job go back to staging when the job does
+    /// not commit (its rolled-back checkpoint names them there), and stay when it does.
+    #[test]
+    fn kept_bytes_go_back_to_staging_when_their_job_does_not_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (staging, kept) = (dir.path().join("7.part"), dir.path().join("k.part"));
+        for committed in [false, true] {
+            std::fs::write(&kept, b"bytes").unwrap();
+            let moves = end::KeptMoves::default();
+            moves.record(kept.clone(), staging.clone());
+            let result: Result<(), StoreError> = if committed {
+                Ok(())
+            } else {
+                Err(StoreError::Closed)
+            };
+            moves.settle(&result);
+            assert_eq!(staging.exists(), !committed, "committed: {committed}");
+            assert_eq!(kept.exists(), committed, "committed: {committed}");
+            let _ = std::fs::remove_file(&staging);
+        }
+    }
+
     /// A run's start is committed relaxed (no fsync; nobody is told), its end durably — and
     /// the file is placed (its folder synced) before the end is recorded.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use ferry_engine::{MultipartFile, ServerReply, UploadFailure, UploadSpec, Uploaded};
 use ferry_proto::{Reply, UploadMethod, UploadRequest};
 
-use super::end::{Cancellation, cancel_job};
+use super::end::{Cancellation, KeptMoves, cancel_job};
 use super::*;
 
 /// The engine's form of an upload's body.
@@ -192,6 +192,7 @@ impl Scheduler {
                             keep,
                             reason,
                             checkpoint: None,
+                            moves: KeptMoves::default(),
                         };
                         return cancel_job(c, &keeper, &staging, id, &ACTIVE, order)
                             .map(|(_, events)| ((), events));

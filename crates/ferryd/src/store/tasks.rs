@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use ferry_proto::{
-    DownloadRequest, ErrorInfo, Event, EventFrame, Headers, Outcome, OutcomeKind, Priority,
-    RemovedTask, Reply, TaskInfo, TaskKind, TaskState, UploadRequest,
+    DownloadRequest, ErrorInfo, Event, EventFrame, Headers, OutcomeKind, Priority, RemovedTask,
+    Reply, TaskInfo, TaskKind, TaskState, UploadRequest,
 };
 use rusqlite::{Connection, OptionalExtension, Row};
 
@@ -782,20 +782,10 @@ pub fn held_resume_data(conn: &Connection) -> Result<Vec<String>, StoreError> {
     let mut events =
         conn.prepare_cached("SELECT event FROM journal WHERE event LIKE '%\"resume_data\":\"%'")?;
     for event in events.query_map([], |r| r.get::<_, String>(0))? {
-        if let Event::Completed {
-            outcome:
-                Outcome::Cancelled {
-                    resume_data: Some(blob),
-                    ..
-                }
-                | Outcome::Failed {
-                    resume_data: Some(blob),
-                    ..
-                },
-            ..
-        } = serde_json::from_str(&event?)?
-        {
-            blobs.push(blob);
+        // Read as plain JSON: an event this version cannot decode still holds its blob.
+        let event: serde_json::Value = serde_json::from_str(&event?)?;
+        if let Some(blob) = event["outcome"]["resume_data"].as_str() {
+            blobs.push(blob.to_owned());
         }
     }
     Ok(blobs)
