@@ -37,5 +37,5 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// older daemon still running must check first.
 ///
 /// - 0: the protocol as first published (daemons before revisions send none).
-/// - 1: `get_tasks` and the tombstones of removed tasks.
+/// - 1: `get_tasks`, the tombstones of removed tasks, `set_rate_limit`.
 pub const PROTOCOL_REVISION: u32 = 1;

@@ -153,6 +153,20 @@ pub enum Request {
         /// Its new priority.
         priority: Priority,
     },
+    /// Changes a bandwidth limit, also of transfers already running: a task's own (`task`),
+    /// a session's (`session`, stored in its configuration), or the whole daemon's (neither;
+    /// until the daemon stops). `bytes_per_second` null or 0: no limit.
+    SetRateLimit {
+        /// The task whose limit changes.
+        #[serde(default)]
+        task: Option<TaskId>,
+        /// The session whose limit changes.
+        #[serde(default)]
+        session: Option<String>,
+        /// The new limit.
+        #[serde(default)]
+        bytes_per_second: Option<u64>,
+    },
     /// Points an unfinished download at a new URL (a signed URL expired). The bytes are kept:
     /// the transfer continues from the new URL with `If-Range` against the validators it
     /// had, and restarts from zero (`resumed_at_offset` 0) if they no longer match. The new

@@ -194,6 +194,24 @@ impl Daemon {
         Ok(found)
     }
 
+    /// Changes the daemon-wide bandwidth limit, in bytes per second for all transfers
+    /// together (`None`: no limit), also while they run — until the daemon stops
+    /// (`FERRY_RATE_LIMIT` sets it at start).
+    ///
+    /// # Errors
+    /// When the daemon cannot be reached.
+    pub async fn set_rate_limit(&self, bytes_per_second: Option<u64>) -> Result<(), Error> {
+        let request = Request::SetRateLimit {
+            task: None,
+            session: None,
+            bytes_per_second,
+        };
+        match self.client.call(request).await? {
+            Response::Done => Ok(()),
+            _ => Err(unexpected("set_rate_limit")),
+        }
+    }
+
     /// One task, of any session.
     ///
     /// # Errors

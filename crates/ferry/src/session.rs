@@ -258,6 +258,21 @@ impl Session {
         Ok(Events::new(self.clone(), receiver))
     }
 
+    /// Changes the session's bandwidth limit, in bytes per second for all its transfers
+    /// together (`None`: no limit), also while they run; a background session stores it in
+    /// its configuration.
+    ///
+    /// # Errors
+    /// When the daemon cannot be reached.
+    pub async fn set_rate_limit(&self, bytes_per_second: Option<u64>) -> Result<(), Error> {
+        self.call_done(Request::SetRateLimit {
+            task: None,
+            session: Some(self.inner.id.clone()),
+            bytes_per_second,
+        })
+        .await
+    }
+
     /// The user force-quits the session (SPEC §6): every unfinished task completes
     /// `cancelled` with reason `user_terminated`, with resume data when it has bytes.
     ///

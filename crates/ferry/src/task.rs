@@ -98,6 +98,21 @@ impl Task {
             .await
     }
 
+    /// Changes the task's own bandwidth limit, in bytes per second (`None`: no limit of its
+    /// own), also while it transfers.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidState`] when it has completed.
+    pub async fn set_rate_limit(&self, bytes_per_second: Option<u64>) -> Result<TaskInfo, Error> {
+        self.session
+            .call_for_task(Request::SetRateLimit {
+                task: Some(self.id),
+                session: None,
+                bytes_per_second,
+            })
+            .await
+    }
+
     /// Points the download at a new URL (a signed URL expired), keeping its bytes: it
     /// continues from the new URL if the resource's validators still match, and restarts
     /// from zero otherwise.

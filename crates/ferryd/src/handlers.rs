@@ -84,6 +84,11 @@ pub async fn handle(ctx: &Context, peer: &Peer, id: u64, request: Request) -> Op
             let done = ctx.scheduler.set_priority(task, priority).await;
             control(ctx, task, done).await
         }
+        Request::SetRateLimit {
+            task,
+            session,
+            bytes_per_second,
+        } => set_rate_limit(ctx, task, session, bytes_per_second).await,
         Request::UpdateUrl { task, url } => match ferry_engine::parse_url(&url) {
             Ok(_) => control(ctx, task, ctx.scheduler.update_url(task, url).await).await,
             Err(e) => Err(scheduler::error_info(&e)),
@@ -668,6 +673,51 @@ pub(crate) async fn remove(
         return Err(scheduler::unknown_task(task));
     }
     Ok(Response::Done)
+}
+
+/// Changes a task's, a session's or the daemon's bandwidth limit, for running transfers too.
+async fn set_rate_limit(
+    ctx: &Context,
+    task: Option<u64>,
+    session: Option<String>,
+    bytes_per_second: Option<u64>,
+) -> Result<Response, ErrorInfo> {
+    let rate = bytes_per_second.filter(|r| *r > 0);
+    match (task, session) {
+        (Some(_), Some(_)) => Err(ErrorInfo::new(
+            "invalid_request",
+            "set_rate_limit names a task or a session, not both (neither: the whole daemon)",
+        )),
+        (Some(task), None) => {
+            let done = ctx.scheduler.set_task_rate_limit(task, rate).await;
+            control(ctx, task, done).await
+        }
+        (None, Some(session)) => {
+            check_session(&session)?;
+            let name = session.clone();
+            let config = ctx
+                .store
+                .write(move |c| {
+                    let Some(mut config) = sessions::config(c, &name)? else {
+                        return Err(StoreError::NotFound(format!("there is no session {name}")));
+                    };
+                    config.rate_limit = rate;
+                    sessions::set_config(c, &name, &config)?;
+                    Ok((config, Vec::new()))
+                })
+                .await
+                .map_err(|e| match e {
+                    StoreError::NotFound(m) => ErrorInfo::new("unknown_session", m),
+                    e => internal(e),
+                })?;
+            ctx.scheduler.configure_session(&session, &config);
+            Ok(Response::Done)
+        }
+        (None, None) => {
+            ctx.scheduler.set_daemon_rate_limit(rate.unwrap_or(0));
+            Ok(Response::Done)
+        }
+    }
 }
 
 async fn invalidate(ctx: &Context, session: String, cancel: bool) -> Result<Response, ErrorInfo> {

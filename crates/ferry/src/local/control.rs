@@ -130,6 +130,26 @@ impl Shared {
         Ok(info)
     }
 
+    /// Changes an unfinished task's own bandwidth limit, for its running transfer too.
+    pub(super) fn set_rate_limit(
+        &self,
+        id: TaskId,
+        bytes_per_second: u64,
+    ) -> Result<TaskInfo, ErrorInfo> {
+        let mut state = self.state();
+        let task = state.task_mut(id)?;
+        if let TaskState::Completed { .. } = task.info.state {
+            return Err(invalid_state(
+                "change the rate limit of",
+                id,
+                task.info.state,
+            ));
+        }
+        task.request.rate_limit = Some(bytes_per_second).filter(|r| *r > 0);
+        task.limit.set_rate(bytes_per_second);
+        Ok(task.live_info())
+    }
+
     /// Points an unfinished task at a new URL, keeping its bytes; a running transfer stops
     /// (keeping its checkpoint) and the scheduler continues it from the new URL, where the
     /// engine resumes with `If-Range` against the validators it had.

@@ -183,6 +183,26 @@ impl Runtime {
                 })
             }
             Request::SetPriority { task: id, priority } => task(s.set_priority(id, priority)?),
+            Request::SetRateLimit {
+                task: id,
+                session,
+                bytes_per_second,
+            } => {
+                let rate = bytes_per_second.unwrap_or(0);
+                match (id, session) {
+                    (Some(id), None) => task(s.set_rate_limit(id, rate)?),
+                    (None, Some(session)) => {
+                        self.ours(&session)?;
+                        s.session_limit.set_rate(rate);
+                        Ok(Response::Done)
+                    }
+                    _ => Err(ErrorInfo::new(
+                        "unsupported",
+                        "an in-process session has no daemon: set_rate_limit needs its task or \
+                         its session",
+                    )),
+                }
+            }
             Request::UpdateUrl { task: id, url } => task(s.update_url(id, url).await?),
             Request::Remove { task, delete_file } => {
                 s.remove(task, delete_file).map(|()| Response::Done)

@@ -275,11 +275,9 @@ impl Shared {
 
     /// The session's rate limit and the task's own.
     fn limits(&self, task: &Task) -> Limits {
-        let mut limits = Limits::none().with(self.session_limit.clone());
-        if let Some(limit) = &task.limit {
-            limits = limits.with(limit.clone());
-        }
-        limits
+        Limits::none()
+            .with(self.session_limit.clone())
+            .with(task.limit.clone())
     }
 
     fn request_timeout(&self) -> Duration {

@@ -458,8 +458,9 @@ pub(super) struct Task {
     pub(super) run: Option<Run>,
     /// The resource timeout counts from here, pauses included.
     pub(super) first_start: Option<Instant>,
-    /// The task's own `rate_limit`.
-    pub(super) limit: Option<RateLimiter>,
+    /// The task's own `rate_limit` (no limit: rate 0), shared with its running transfer so
+    /// that `set_rate_limit` changes it.
+    pub(super) limit: RateLimiter,
     /// The bytes kept for its resume data.
     pub(super) kept: Option<PathBuf>,
     /// Cancelled when the task completes (`take_data` waits on it).
@@ -503,7 +504,7 @@ impl Task {
                 kind: task_kind,
                 reply: None,
             },
-            limit: request.rate_limit.map(RateLimiter::new),
+            limit: RateLimiter::new(request.rate_limit.unwrap_or(0)),
             request,
             kind,
             checkpoint: None,

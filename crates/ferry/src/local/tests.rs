@@ -327,6 +327,34 @@ async fn get_tasks_answers_every_id_in_order_and_names_the_unknown() {
     assert_eq!(err.code, "invalid_request");
 }
 
+/// A task's and a session's limit change while the transfer runs: at 40 kB/s a 3 MB file
+/// cannot finish within `PATIENCE` unless both are lifted.
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_change_while_the_transfer_runs() {
+    let mut f = fixture(SessionConfig {
+        rate_limit: Some(40_000),
+        ..SessionConfig::default()
+    });
+    let mut req = f.to_file("/bytes/3000000?seed=8", "limited.bin");
+    req.rate_limit = Some(40_000);
+    let task = f.create(req).await;
+    f.wait_for_bytes(task.id).await;
+    let set = |task, session: Option<&str>| Request::SetRateLimit {
+        task,
+        session: session.map(str::to_owned),
+        bytes_per_second: None,
+    };
+    f.ask_task(set(Some(task.id), None)).await.unwrap();
+    f.ask(set(None, Some(SESSION))).await.unwrap();
+    let err = f.ask(set(None, None)).await.unwrap_err();
+    assert_eq!(err.code, "unsupported");
+    f.until_completed(&[task.id]).await;
+    assert_eq!(
+        std::fs::read(f.path("limited.bin")).unwrap(),
+        content(8, 0, 3_000_000)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn suspend_and_resume_continue_from_the_bytes_kept() {
     let mut f = fixture(SessionConfig::default());

@@ -136,6 +136,31 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Changes an unfinished task's own bandwidth limit, for its running transfer too.
+    pub async fn set_task_rate_limit(
+        self: &Arc<Self>,
+        task: u64,
+        bytes_per_second: Option<u64>,
+    ) -> Result<(), ControlError> {
+        let this = self.clone();
+        self.store
+            .write(move |c| {
+                let checked = unfinished(c, task, "change the rate limit of")?;
+                if checked.is_ok() {
+                    tasks::set_rate_limit(c, task, bytes_per_second)?;
+                    // In commit order, as for the priority: a run starting meanwhile reads
+                    // the limit in its own transaction, before or after this one.
+                    if let Some(r) = this.running().get(&task) {
+                        r.limit.set_rate(bytes_per_second.unwrap_or(0));
+                    }
+                }
+                Ok((checked, Vec::new()))
+            })
+            .await?
+            .map_err(ControlError::Refused)?;
+        Ok(())
+    }
+
     /// Points an unfinished download at a new URL. A task with a run in progress is stopped
     /// with its checkpoint and waits again, so it continues from the new URL: the engine asks
     /// for the rest with `If-Range` against the validators of the bytes it has, and starts

@@ -118,6 +118,8 @@ struct Running {
     progress: Arc<Progress>,
     /// Samples of `progress`, for the transfer rate.
     rate: ferry_engine::RateMeter,
+    /// The transfer's own bandwidth limit (`set_rate_limit` changes it while it runs).
+    limit: RateLimiter,
     /// Cancelled when the task's end has been recorded.
     finished: CancellationToken,
     /// The engine has returned and the run's end is being recorded: the run no longer counts
@@ -523,6 +525,7 @@ impl Scheduler {
             stop: Arc::new(Mutex::new(None)),
             progress: Arc::new(Progress::default()),
             rate: ferry_engine::RateMeter::default(),
+            limit: RateLimiter::unlimited(),
             finished: CancellationToken::new(),
             ending: false,
             upload: matches!(row.request, TaskRequest::Upload(_)),
@@ -649,24 +652,35 @@ impl Scheduler {
         self.wake();
     }
 
-    /// Brings a running task's entry up to date with its row: the priority preemption reads
-    /// and the host the per-host limit counts.
+    /// Brings a running task's entry up to date with its row: the priority preemption reads,
+    /// the host the per-host limit counts, and its own bandwidth limit.
     fn refresh_running(&self, row: &TaskRow) {
         if let Some(r) = self.running().get_mut(&row.id) {
             r.priority = row.priority;
             r.host = host_of(row.request.url());
+            r.limit.set_rate(row.request.rate_limit().unwrap_or(0));
         }
     }
 
-    /// The bandwidth limits of a transfer: the daemon's, its session's and its own.
-    fn limits(&self, session: &str, own: Option<u64>) -> Limits {
-        let limits = Limits::none()
+    /// The bandwidth limits of task `id`'s transfer: the daemon's, its session's and its own
+    /// (the one `set_rate_limit` changes while it runs).
+    /// Its own limit was set from its row by the start's commit (`refresh_running`), in
+    /// commit order with `set_rate_limit`.
+    fn limits(&self, id: u64, session: &str) -> Limits {
+        let limit = self
+            .running()
+            .get(&id)
+            .map_or_else(RateLimiter::unlimited, |r| r.limit.clone());
+        Limits::none()
             .with(self.global_limit.clone())
-            .with(self.session_limit(session));
-        match own {
-            Some(rate) => limits.with(RateLimiter::new(rate)),
-            None => limits,
-        }
+            .with(self.session_limit(session))
+            .with(limit)
+    }
+
+    /// Changes the daemon-wide bandwidth limit, for running transfers too (until the daemon
+    /// stops: `FERRY_RATE_LIMIT` is its value at start). 0: none.
+    pub fn set_daemon_rate_limit(&self, bytes_per_second: u64) {
+        self.global_limit.set_rate(bytes_per_second);
     }
 
     fn spec(
@@ -712,7 +726,7 @@ impl Scheduler {
             .map_or(self.config.default_connections, |c| c as usize)
             .max(1);
         spec.checkpoint = checkpoint;
-        spec.limits = self.limits(&row.session, request.rate_limit);
+        spec.limits = self.limits(row.id, &row.session);
         spec.request_timeout = Duration::from_secs(config.request_timeout_secs.max(1));
         let left = config.resource_timeout_secs.saturating_sub(spent_secs);
         spec.resource_timeout = Some(Duration::from_secs(left).max(Duration::from_millis(1)));

@@ -95,7 +95,7 @@ impl Scheduler {
             headers(config.headers.0.iter())?,
             headers(request.headers.0.iter())?,
         );
-        spec.limits = self.limits(&row.session, request.rate_limit);
+        spec.limits = self.limits(row.id, &row.session);
         spec.request_timeout = Duration::from_secs(config.request_timeout_secs.max(1));
         let left = config.resource_timeout_secs.saturating_sub(spent_secs);
         spec.resource_timeout = Some(Duration::from_secs(left).max(Duration::from_millis(1)));

@@ -489,6 +489,20 @@ pub mod sessions {
         Ok(())
     }
 
+    /// Replaces an existing session's configuration (nothing else); false if there is no
+    /// such session.
+    pub fn set_config(
+        conn: &Connection,
+        id: &str,
+        config: &SessionConfig,
+    ) -> Result<bool, StoreError> {
+        let changed = conn.execute(
+            "UPDATE sessions SET config = ?2 WHERE id = ?1",
+            (id, serde_json::to_string(config)?),
+        )?;
+        Ok(changed > 0)
+    }
+
     /// Inserts the session with the default configuration if it does not exist.
     pub fn ensure(conn: &Connection, id: &str) -> Result<(), StoreError> {
         conn.execute(

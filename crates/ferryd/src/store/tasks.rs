@@ -37,6 +37,14 @@ impl TaskRequest {
         }
     }
 
+    /// Sets the request's own bandwidth limit.
+    pub fn set_rate_limit(&mut self, bytes_per_second: Option<u64>) {
+        match self {
+            TaskRequest::Download(r) => r.rate_limit = bytes_per_second,
+            TaskRequest::Upload(r) => r.rate_limit = bytes_per_second,
+        }
+    }
+
     /// Points the request at another URL.
     pub fn set_url(&mut self, url: &str) {
         match self {
@@ -668,6 +676,24 @@ pub fn set_priority(conn: &Connection, id: u64, priority: Priority) -> Result<()
         conn,
         "UPDATE tasks SET priority = ?2, updated_at = ?3 WHERE id = ?1",
         (to_i64(id), priority_rank(priority), now()),
+    )?;
+    Ok(())
+}
+
+/// Sets the task's own bandwidth limit (in its stored request).
+pub fn set_rate_limit(
+    conn: &Connection,
+    id: u64,
+    bytes_per_second: Option<u64>,
+) -> Result<(), StoreError> {
+    let Some(mut task) = get(conn, id)? else {
+        return Err(StoreError::NotFound(format!("there is no task {id}")));
+    };
+    task.request.set_rate_limit(bytes_per_second);
+    exec(
+        conn,
+        "UPDATE tasks SET request = ?2, updated_at = ?3 WHERE id = ?1",
+        (to_i64(id), task.request.to_json()?, now()),
     )?;
     Ok(())
 }

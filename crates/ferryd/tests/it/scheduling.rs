@@ -446,6 +446,79 @@ async fn daemon_wide_and_per_task_rate_limits_hold() {
     );
 }
 
+/// `set_rate_limit` changes the daemon's, a task's and a session's limit while transfers
+/// run. Every limit is 40 kB/s, so no 3 MB transfer can finish within any wait of this test
+/// (75 s, more than `PATIENCE`) unless its limits are lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_change_while_transfers_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start_env(
+        &dir.path().join("home"),
+        200,
+        &[("FERRY_RATE_LIMIT", "40000")],
+    )
+    .await;
+    let mut c = daemon.client().await;
+    let file = |seed: u64, name: &str| {
+        download(
+            server.url(&format!("/bytes/3000000?seed={seed}")),
+            Some(&dir.path().join(name)),
+        )
+    };
+    let plain = c.create("x", file(1, "a")).await;
+    let mut own = file(2, "b");
+    own.rate_limit = Some(40_000);
+    let own = c.create("y", own).await;
+    let limited = SessionConfig {
+        rate_limit: Some(40_000),
+        ..SessionConfig::default()
+    };
+    c.attach_with("z", limited, false).await.unwrap();
+    let of_session = c.create("z", file(3, "c")).await;
+    for id in [plain.id, own.id, of_session.id] {
+        daemon.wait_for_bytes(id, 0).await;
+    }
+    let set = |task: Option<u64>, session: Option<&str>| ferry_proto::Request::SetRateLimit {
+        task,
+        session: session.map(str::to_owned),
+        bytes_per_second: None,
+    };
+    let err = c.request(set(Some(own.id), Some("y"))).await.unwrap_err();
+    assert_eq!(err.code, "invalid_request");
+    let err = c.request(set(None, Some("nobody"))).await.unwrap_err();
+    assert_eq!(err.code, "unknown_session");
+
+    // The daemon-wide limit lifted: the task limited by nothing else finishes.
+    c.request(set(None, None)).await.unwrap();
+    wait_completed(&mut c, plain.id).await;
+    for id in [own.id, of_session.id] {
+        let t = c.task(id).await;
+        assert!(matches!(t.state, TaskState::Running { .. }), "{t:?}");
+    }
+    // Its own limit lifted, the second; its session's, the third.
+    c.request(set(Some(own.id), None)).await.unwrap();
+    wait_completed(&mut c, own.id).await;
+    assert!(matches!(
+        c.task(of_session.id).await.state,
+        TaskState::Running { .. }
+    ));
+    c.request(set(None, Some("z"))).await.unwrap();
+    let done = wait_completed(&mut c, of_session.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("c")).unwrap(),
+        content(3, 0, 3_000_000)
+    );
+    let err = c.request(set(Some(own.id), None)).await.unwrap_err();
+    assert_eq!(err.code, "invalid_state");
+}
+
 /// A session that runs one transfer at a time.
 async fn one_at_a_time(c: &mut crate::fixture::Client, session: &str) {
     let one = SessionConfig {
