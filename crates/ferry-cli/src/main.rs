@@ -82,6 +82,9 @@ enum Command {
     Cancel(tasks::CancelArgs),
     /// Remove tasks from the list (cancelling unfinished ones first).
     Rm(tasks::RmArgs),
+    /// Change a bandwidth limit, also of running transfers: the daemon's (default), a
+    /// session's (--session) or tasks' own (IDS).
+    Limit(tasks::LimitArgs),
     /// Groups of tasks: list, pause, resume, cancel.
     #[command(subcommand)]
     Group(groups::GroupCommand),
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
             Command::Ls(args) => tasks::ls(args).await,
             Command::Watch(args) => tasks::watch(args).await,
             Command::Wait(args) => tasks::wait(args).await,
+            Command::Limit(args) => tasks::limit(args).await,
             Command::Pause(args) => tasks::pause(args).await,
             Command::Resume(args) => tasks::resume(args).await,
             Command::Cancel(args) => tasks::cancel(args).await,

@@ -150,6 +150,58 @@ impl Targets {
     }
 }
 
+/// Options of `ferry limit`.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Bytes per second (`500K`, `20M`, `1.5G`; K = 1024), or `none`.
+    #[arg(value_parser = parse_limit)]
+    rate: Limit,
+    /// Tasks whose own limit changes (default: the whole daemon, until it stops).
+    #[arg(conflicts_with = "session")]
+    ids: Vec<TaskId>,
+    /// The session whose limit changes, for all its transfers together.
+    #[arg(long, value_name = "ID")]
+    session: Option<String>,
+}
+
+/// A bandwidth limit given on the command line: `None` for `none`.
+#[derive(Debug, Clone, Copy)]
+struct Limit(Option<u64>);
+
+fn parse_limit(text: &str) -> Result<Limit, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(Limit(None));
+    }
+    client::parse_rate(text).map(|rate| Limit(Some(rate)))
+}
+
+/// Changes bandwidth limits, for running transfers too.
+pub async fn limit(args: LimitArgs) -> Result<ExitCode> {
+    let rate = args.rate.0;
+    let shown = rate.map_or_else(|| "none".to_owned(), format::rate);
+    if let Some(id) = &args.session {
+        client::session(id).await?.set_rate_limit(rate).await?;
+        client::print(&format!("session {id}: {shown}\n"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.ids.is_empty() {
+        client::daemon(true).await?.set_rate_limit(rate).await?;
+        client::print(&format!("daemon: {shown}\n"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Task ids are daemon-wide: any handle reaches them.
+    let session = client::session(client::DEFAULT_SESSION).await?;
+    each(&args.ids, |id| {
+        let task = session.task(id);
+        let shown = shown.clone();
+        async move {
+            task.set_rate_limit(rate).await?;
+            Ok(shown)
+        }
+    })
+    .await
+}
+
 fn unfinished(task: &TaskInfo) -> bool {
     !matches!(task.state, TaskState::Completed { .. })
 }

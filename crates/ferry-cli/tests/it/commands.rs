@@ -229,6 +229,36 @@ fn cancel_with_resume_data_then_resume_from_the_file() {
     assert!(text(&out.stderr).contains("junk.dat"));
 }
 
+/// `ferry limit` changes a running task's own limit (at 40K a 3 MB file would outlast the
+/// test's patience), a session's and the daemon's; a bad rate is a usage error.
+#[test]
+fn limit_changes_bandwidth_limits_of_running_transfers() {
+    let env = Env::new();
+    let url = env.server.url("/bytes/3000000?seed=9");
+    let ids = env.detach(&[&url, "--limit", "40K", "-o", "slow.bin"]);
+    env.wait_transferring(ids[0]);
+    let id = ids[0].to_string();
+    assert_eq!(env.ok(&["limit", "none", &id]).trim(), format!("{id} none"));
+    env.ok(&["wait", &id]);
+    assert_eq!(
+        std::fs::metadata(env.work().join("slow.bin"))
+            .unwrap()
+            .len(),
+        3_000_000
+    );
+    assert!(env.ok(&["limit", "2M"]).starts_with("daemon: "));
+    env.ok(&["limit", "none"]);
+    assert!(
+        env.ok(&["limit", "1M", "--session", "ferry.cli"])
+            .starts_with("session ferry.cli: ")
+    );
+    let out = env.run(&["limit", "fast"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("fast"));
+    let out = env.run(&["limit", "none", "--session", "nobody"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
+
 #[test]
 fn rm_forgets_tasks_and_optionally_their_files() {
     let env = Env::new();
@@ -423,6 +453,7 @@ fn help_completions_and_man_page_cover_every_command() {
         "resume",
         "cancel",
         "rm",
+        "limit",
         "group",
         "session",
         "daemon",
