@@ -1,4 +1,4 @@
-//! Commands on tasks: `ls`, `watch`, `wait`, `pause`, `resume`, `cancel`, `rm`.
+//! Commands on tasks: `ls`, `watch`, `wait`, `pause`, `resume`, `cancel`, `rm`, `limit`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -153,13 +153,14 @@ impl Targets {
 /// Options of `ferry limit`.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
-    /// Bytes per second (`500K`, `20M`, `1.5G`; K = 1024), or `none`.
+    /// Bytes per second (`500K`, `20M`, `1.5G`; K = 1024), or `none` (also `0`).
     #[arg(value_parser = parse_limit)]
     rate: Limit,
     /// Tasks whose own limit changes (default: the whole daemon, until it stops).
     #[arg(conflicts_with = "session")]
     ids: Vec<TaskId>,
-    /// The session whose limit changes, for all its transfers together.
+    /// The session whose limit changes, for all its transfers together (stored in its
+    /// configuration until the application attaches again with its own).
     #[arg(long, value_name = "ID")]
     session: Option<String>,
 }
@@ -169,7 +170,7 @@ pub struct LimitArgs {
 struct Limit(Option<u64>);
 
 fn parse_limit(text: &str) -> Result<Limit, String> {
-    if text.eq_ignore_ascii_case("none") {
+    if text.eq_ignore_ascii_case("none") || text.trim() == "0" {
         return Ok(Limit(None));
     }
     client::parse_rate(text).map(|rate| Limit(Some(rate)))

@@ -836,6 +836,17 @@ pub fn due_in(delay: std::time::Duration) -> u64 {
     u64::try_from(now.saturating_add(delay).as_millis()).unwrap_or(u64::MAX)
 }
 
+impl Request {
+    /// The protocol revision that added this request ([`crate::PROTOCOL_REVISION`]): a
+    /// daemon of an earlier one does not know it and closes the connection.
+    pub fn revision(&self) -> u32 {
+        match self {
+            Request::GetTasks { .. } | Request::SetRateLimit { .. } => 1,
+            _ => 0,
+        }
+    }
+}
+
 /// The most ids one `get_tasks` request may ask for.
 pub const MAX_GET_TASKS: usize = 10_000;
 

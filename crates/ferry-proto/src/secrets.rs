@@ -5,9 +5,13 @@ use std::borrow::Cow;
 
 use url::Url;
 
-/// `url` with its password replaced by `***`: for showing one URL to people (`ferry ls`).
+/// `url` with its password replaced by `***`, and those of any URL inside it (a query
+/// parameter): for showing one URL to people (`ferry ls`).
 pub fn hide_url_password(url: &str) -> Cow<'_, str> {
-    edit_password(url, Some("***"))
+    match edit_password(url, Some("***")) {
+        Cow::Borrowed(url) => hide_url_passwords(url),
+        Cow::Owned(url) => Cow::Owned(hide_url_passwords(&url).into_owned()),
+    }
 }
 
 /// `url` without the password in its user info (`https://user@host/f`): for what a client
@@ -118,6 +122,10 @@ mod tests {
         assert_eq!(
             hide_url_password("https://ann:it's@example.com/f"),
             "https://ann:***@example.com/f"
+        );
+        assert_eq!(
+            hide_url_password("https://proxy/get?u=https://ann:pw@h/f"),
+            "https://proxy/get?u=https://ann:***@h/f"
         );
         for odd in [
             "http:ann:pw@h/f",

@@ -260,7 +260,8 @@ impl Session {
 
     /// Changes the session's bandwidth limit, in bytes per second for all its transfers
     /// together (`None`: no limit), also while they run; a background session stores it in
-    /// its configuration.
+    /// its configuration — until the next attach with a configuration (this process
+    /// reconnecting after a daemon restart included) replaces it with the builder's.
     ///
     /// # Errors
     /// When the daemon cannot be reached.

@@ -694,23 +694,25 @@ async fn set_rate_limit(
         }
         (None, Some(session)) => {
             check_session(&session)?;
-            let name = session.clone();
-            let config = ctx
-                .store
+            let scheduler = ctx.scheduler.clone();
+            ctx.store
                 .write(move |c| {
-                    let Some(mut config) = sessions::config(c, &name)? else {
-                        return Err(StoreError::NotFound(format!("there is no session {name}")));
+                    let Some(mut config) = sessions::config(c, &session)? else {
+                        return Err(StoreError::NotFound(format!(
+                            "there is no session {session}"
+                        )));
                     };
                     config.rate_limit = rate;
-                    sessions::set_config(c, &name, &config)?;
-                    Ok((config, Vec::new()))
+                    sessions::set_config(c, &session, &config)?;
+                    // Here, in commit order with other changes of the session's limit.
+                    scheduler.configure_session(&session, &config);
+                    Ok(((), Vec::new()))
                 })
                 .await
                 .map_err(|e| match e {
                     StoreError::NotFound(m) => ErrorInfo::new("unknown_session", m),
                     e => internal(e),
                 })?;
-            ctx.scheduler.configure_session(&session, &config);
             Ok(Response::Done)
         }
         (None, None) => {

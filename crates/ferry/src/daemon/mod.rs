@@ -208,6 +208,20 @@ impl Client {
 /// being reconnected to.
 async fn call(shared: &Shared, request: Request) -> Result<Response, Error> {
     let link = live_link(shared).await?;
+    // An older daemon still running after an upgrade would close the connection on it.
+    if request.revision() > link.revision {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "unsupported",
+            format!(
+                "the running ferryd (pid {}) is older than this request (protocol revision {} \
+                 < {}): restart it (`ferry daemon stop`; the next command starts the new one)",
+                link.daemon_pid,
+                link.revision,
+                request.revision()
+            ),
+        ));
+    }
     let answer = send_request(shared, &link, request)?;
     answer_of(&link, answer).await
 }
@@ -664,11 +678,13 @@ mod tests {
     }
 
     /// A daemon from before `get_tasks` (revision 0) closes the connection on it: the
-    /// library asks such a daemon one task at a time instead.
+    /// library asks such a daemon one task at a time instead, and refuses requests it cannot
+    /// answer without sending them.
     #[tokio::test]
     async fn tasks_by_id_asks_an_older_daemon_one_task_at_a_time() {
         let home = tempfile::tempdir().unwrap();
         let listener = UnixListener::bind(home.path().join("ferryd.sock")).unwrap();
+        let (answered, asked_ids) = tokio::sync::oneshot::channel();
         let script = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             let (mut reader, mut writer) = stream.into_split();
@@ -711,7 +727,10 @@ mod tests {
                 };
                 write_frame(&mut writer, &frame).await.unwrap();
             }
-            asked
+            answered.send(asked).unwrap();
+            // The connection stays until the client closes it; nothing else may come.
+            let next = read_frame::<ClientFrame>(&mut reader).await;
+            assert!(next.is_err(), "sent to an old daemon: {next:?}");
         });
         let daemon = crate::Daemon::builder()
             .home(home.path())
@@ -723,7 +742,13 @@ mod tests {
         assert_eq!(found.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), [7]);
         assert_eq!(found.unknown, [8]);
         assert!(found.removed.is_empty());
-        assert_eq!(script.await.unwrap(), [7, 8]);
+        assert_eq!(asked_ids.await.unwrap(), [7, 8]);
+        // A request the old daemon does not know is refused here, not sent.
+        let err = daemon.set_rate_limit(None).await.unwrap_err();
+        assert_eq!(err.code(), "unsupported", "{err}");
+        assert!(err.to_string().contains("restart it"), "{err}");
+        drop(daemon);
+        script.await.unwrap();
     }
 
     /// An acknowledgement whose connection died before its answer is sent again on the next

@@ -190,13 +190,17 @@ impl Runtime {
             } => {
                 let rate = bytes_per_second.unwrap_or(0);
                 match (id, session) {
+                    (Some(_), Some(_)) => Err(ErrorInfo::new(
+                        "invalid_request",
+                        "set_rate_limit names a task or a session, not both",
+                    )),
                     (Some(id), None) => task(s.set_rate_limit(id, rate)?),
                     (None, Some(session)) => {
                         self.ours(&session)?;
                         s.session_limit.set_rate(rate);
                         Ok(Response::Done)
                     }
-                    _ => Err(ErrorInfo::new(
+                    (None, None) => Err(ErrorInfo::new(
                         "unsupported",
                         "an in-process session has no daemon: set_rate_limit needs its task or \
                          its session",
