@@ -230,14 +230,19 @@ async fn attach(
     Ok(())
 }
 
+/// A store error of a request about a session: `unknown_session` when there is none.
+fn session_error(e: StoreError) -> ErrorInfo {
+    match e {
+        StoreError::NotFound(m) => ErrorInfo::new("unknown_session", m),
+        e => internal(e),
+    }
+}
+
 async fn ack(ctx: &Context, session: String, seq: u64) -> Result<Response, ErrorInfo> {
     check_session(&session)?;
     acknowledge(&ctx.store, &ctx.layout, session, seq)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound(m) => ErrorInfo::new("unknown_session", m),
-            e => internal(e),
-        })?;
+        .map_err(session_error)?;
     Ok(Response::Done)
 }
 
@@ -709,10 +714,7 @@ async fn set_rate_limit(
                     Ok(((), Vec::new()))
                 })
                 .await
-                .map_err(|e| match e {
-                    StoreError::NotFound(m) => ErrorInfo::new("unknown_session", m),
-                    e => internal(e),
-                })?;
+                .map_err(session_error)?;
             Ok(Response::Done)
         }
         (None, None) => {
@@ -742,10 +744,7 @@ async fn invalidate(ctx: &Context, session: String, cancel: bool) -> Result<Resp
             Ok((unfinished, events))
         })
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound(m) => ErrorInfo::new("unknown_session", m),
-            e => internal(e),
-        })?;
+        .map_err(session_error)?;
     if cancel {
         for task in unfinished {
             match ctx

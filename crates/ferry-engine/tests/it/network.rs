@@ -100,6 +100,16 @@ async fn https_to_http_redirect_is_refused_unless_allowed() {
     assert_eq!(plain.requests().len(), 1);
 }
 
+/// Credentials (`Authorization: Bearer secret-token`, `Cookie: session=abc`) and a header
+/// that may go anywhere (`X-Trace: kept`).
+fn with_credentials(spec: &mut ferry_engine::DownloadSpec) {
+    spec.headers
+        .insert("authorization", "Bearer secret-token".parse().unwrap());
+    spec.headers
+        .insert("cookie", "session=abc".parse().unwrap());
+    spec.headers.insert("x-trace", "kept".parse().unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_not_forwarded_to_another_origin() {
     let env = Env::new();
@@ -108,11 +118,7 @@ async fn credentials_are_not_forwarded_to_another_origin() {
         "/redirect/1?to={}",
         url_encode(&other.url("/bytes/100"))
     ));
-    spec.headers
-        .insert("authorization", "Bearer secret-token".parse().unwrap());
-    spec.headers
-        .insert("cookie", "session=abc".parse().unwrap());
-    spec.headers.insert("x-trace", "kept".parse().unwrap());
+    with_credentials(&mut spec);
     let (result, _) = env.run(&spec).await;
     result.unwrap();
     let first = env.server.requests();
@@ -144,11 +150,7 @@ async fn segment_requests_after_a_redirect_to_another_origin_carry_no_credential
     ));
     spec.connections = 4;
     spec.min_segment = 256 * 1024;
-    spec.headers
-        .insert("authorization", "Bearer secret-token".parse().unwrap());
-    spec.headers
-        .insert("cookie", "session=abc".parse().unwrap());
-    spec.headers.insert("x-trace", "kept".parse().unwrap());
+    with_credentials(&mut spec);
     let (result, _) = env.run(&spec).await;
     result.unwrap();
     let requests = other.requests();
