@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tokio::time::Instant;
 
 /// A bandwidth limit in bytes per second; clones share one bucket. Rate 0 means unlimited.
@@ -20,6 +22,8 @@ pub struct RateLimiter {
 #[derive(Debug)]
 struct Inner {
     rate: AtomicU64,
+    /// Woken when the rate changes (see `wait_out`).
+    changed: Notify,
     /// Nanoseconds after `epoch` at which the bucket is next empty.
     tat: AtomicU64,
     epoch: Instant,
@@ -28,12 +32,23 @@ struct Inner {
 /// How far ahead of the schedule a sender may run: a tenth of a second of traffic.
 const BURST: Duration = Duration::from_millis(100);
 
+/// Sleeps for `wait`, or until the limiter that set it changes its rate: a transfer waiting out
+/// its share at the old rate stops waiting (that chunk goes unpaced) instead of sleeping on at
+/// a rate that no longer holds — at a few bytes per second that sleep would last minutes.
+async fn wait_out(wait: Duration, changed: Notified<'_>) {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        () = changed => {}
+    }
+}
+
 impl RateLimiter {
     /// A limiter at `bytes_per_second` (0: unlimited).
     pub fn new(bytes_per_second: u64) -> RateLimiter {
         RateLimiter {
             inner: Arc::new(Inner {
                 rate: AtomicU64::new(bytes_per_second),
+                changed: Notify::new(),
                 tat: AtomicU64::new(0),
                 epoch: Instant::now(),
             }),
@@ -50,11 +65,15 @@ impl RateLimiter {
         self.inner.rate.load(Ordering::Relaxed)
     }
 
-    /// Changes the rate; takes effect for every transfer sharing this limiter at once.
+    /// Changes the rate; takes effect for every transfer sharing this limiter at once, also
+    /// one waiting out its share at the old rate. Setting the same rate again changes nothing.
     pub fn set_rate(&self, bytes_per_second: u64) {
-        self.inner.rate.store(bytes_per_second, Ordering::Relaxed);
+        if self.inner.rate.swap(bytes_per_second, Ordering::Relaxed) == bytes_per_second {
+            return;
+        }
         // Forget debt run up under the old rate, so a raised limit applies immediately.
         self.inner.tat.store(self.now_nanos(), Ordering::Relaxed);
+        self.inner.changed.notify_waiters();
     }
 
     fn now_nanos(&self) -> u64 {
@@ -88,11 +107,14 @@ impl RateLimiter {
         }
     }
 
-    /// Accounts for `bytes` and sleeps as long as the rate requires.
+    /// Accounts for `bytes` and sleeps as long as the rate requires (less if the rate
+    /// changes meanwhile).
     pub async fn acquire(&self, bytes: usize) {
+        // Registered before the reservation: a change right after it still wakes the wait.
+        let changed = self.inner.changed.notified();
         let wait = self.reserve(bytes);
         if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+            wait_out(wait, changed).await;
         }
     }
 }
@@ -115,16 +137,19 @@ impl Limits {
         self
     }
 
-    /// Accounts `bytes` against every limiter and waits for the strictest.
+    /// Accounts `bytes` against every limiter and waits for the strictest (less if that one's
+    /// rate changes meanwhile: only the strictest decides how long the wait is; a change made
+    /// between the reservation and the wait's start is caught at the next chunk).
     pub async fn acquire(&self, bytes: usize) {
-        let wait = self
+        let strictest = self
             .limiters
             .iter()
-            .map(|l| l.reserve(bytes))
-            .max()
-            .unwrap_or_default();
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+            .map(|l| (l.reserve(bytes), l))
+            .max_by_key(|(wait, _)| *wait);
+        if let Some((wait, limiter)) = strictest
+            && !wait.is_zero()
+        {
+            wait_out(wait, limiter.inner.changed.notified()).await;
         }
     }
 }
@@ -132,6 +157,28 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A transfer waiting out its share at the old rate stops waiting when the rate changes:
+    /// 1,000 bytes at 1 B/s would keep it 1,000 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_change_ends_a_wait_at_the_old_rate() {
+        let limiter = RateLimiter::new(1);
+        let limits = Limits::none().with(limiter.clone());
+        let start = Instant::now();
+        let waiting = tokio::spawn(async move { limits.acquire(1_000).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The same rate again (every attach sets its session's) changes nothing.
+        limiter.set_rate(1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished());
+        limiter.set_rate(0);
+        waiting.await.unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn holds_the_rate_over_time() {
