@@ -244,6 +244,13 @@ pub fn result_line(task: &TaskInfo) -> String {
             },
             _,
         ) => format!("{} {state} {}", task.id, format::destination(task)),
+        // Bytes kept for resume data: say how to go on once the cause is fixed.
+        (_, Some(error)) if task.resume_data.is_some() => format!(
+            "{} {state} {} (bytes kept: `ferry resume {}` continues)",
+            task.id,
+            format::error(error),
+            task.id
+        ),
         (_, Some(error)) => format!("{} {state} {}", task.id, format::error(error)),
         _ => format!("{} {state} {}", task.id, hide_url_password(&task.url)),
     }

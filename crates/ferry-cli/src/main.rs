@@ -76,7 +76,8 @@ enum Command {
     Wait(tasks::WaitArgs),
     /// Pause tasks, keeping their bytes.
     Pause(tasks::PauseArgs),
-    /// Resume paused tasks, or continue a download from a resume-data file.
+    /// Resume paused tasks (a failed or cancelled download whose bytes were kept continues as
+    /// a new task), or continue a download from a resume-data file.
     Resume(tasks::ResumeArgs),
     /// Cancel tasks (deleting their bytes unless --keep-resume-data).
     Cancel(tasks::CancelArgs),

@@ -280,9 +280,20 @@ pub async fn resume(args: ResumeArgs) -> Result<ExitCode> {
         session: args.session,
     };
     let (session, ids) = targets.resolve(|t| t.state == TaskState::Suspended).await?;
+    let session = &session;
     each(&ids, |id| {
         let task = session.task(id);
-        async move { Ok(task.start().await?.state.name().to_owned()) }
+        async move {
+            // A download that failed or was cancelled with its bytes kept continues as a
+            // new task from its resume data.
+            let info = task.info().await?;
+            if let (TaskState::Completed { .. }, Some(blob)) = (info.state, info.resume_data) {
+                let data = ResumeData::from_bytes(blob)?;
+                let continued = session.resume_download(&data, None).await?;
+                return Ok(format!("continued as {}", continued.id()));
+            }
+            Ok(task.start().await?.state.name().to_owned())
+        }
     })
     .await
 }

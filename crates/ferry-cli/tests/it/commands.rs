@@ -260,6 +260,37 @@ fn limit_changes_bandwidth_limits_of_running_transfers() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }
 
+/// A download whose folder is missing fails with its bytes kept, says how to go on, and
+/// `ferry resume ID` continues it once the folder exists — nothing fetched again.
+#[test]
+fn a_download_that_failed_with_its_bytes_kept_is_resumed_by_id() {
+    let env = Env::new();
+    let url = env.server.url("/bytes/200000?seed=10");
+    let failed = env.run(&["get", &url, "-o", "later/f.bin"]);
+    assert_eq!(failed.status.code(), Some(3), "{}", text(&failed.stderr));
+    let line = text(&failed.stdout);
+    let id: u64 = line.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(
+        line.contains(&format!("`ferry resume {id}` continues")),
+        "{line}"
+    );
+    std::fs::create_dir(env.work().join("later")).unwrap();
+    let out = env.ok(&["resume", &id.to_string()]);
+    let new: u64 = out
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(out.starts_with(&format!("{id} continued as ")), "{out}");
+    env.ok(&["wait", &new.to_string()]);
+    assert_eq!(
+        std::fs::read(env.work().join("later/f.bin")).unwrap(),
+        data(10, 200_000)
+    );
+    assert_eq!(env.server.bytes_sent(), 200_000, "nothing fetched again");
+}
+
 #[test]
 fn rm_forgets_tasks_and_optionally_their_files() {
     let env = Env::new();
