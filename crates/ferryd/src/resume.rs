@@ -190,16 +190,17 @@ impl Keeper {
         mac
     }
 
-    /// Moves `staging` into the resume area and returns the blob describing it.
+    /// Moves `staging` into the resume area and returns the blob describing it, with the kept
+    /// file's path. The move is the last step: on an error the file is where it was.
     ///
     /// # Errors
-    /// When the file cannot be moved or read.
+    /// When the file cannot be read or moved.
     pub fn keep(
         &self,
         staging: &Path,
         request: &DownloadRequest,
         checkpoint: ferry_engine::Checkpoint,
-    ) -> std::io::Result<String> {
+    ) -> std::io::Result<(String, PathBuf)> {
         let mut id = [0u8; 16];
         rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty())?;
         let id = hex::encode(id);
@@ -210,8 +211,7 @@ impl Keeper {
             .write(true)
             .open(staging)?
             .set_modified(SystemTime::now())?;
-        std::fs::rename(staging, &kept)?;
-        let (len, tail_sha256) = tail_hash(&kept)?;
+        let (len, tail_sha256) = tail_hash(staging)?;
         // No secrets in a blob a client may store anywhere (SPEC §14): no secret headers and
         // no password in a URL — the client gives them again to `create_from_resume_data`.
         let mut checkpoint = checkpoint;
@@ -241,11 +241,9 @@ impl Keeper {
         };
         let bytes = serde_json::to_vec(&payload).map_err(std::io::Error::other)?;
         let mac = self.mac(&bytes).finalize().into_bytes();
-        Ok(format!(
-            "{PREFIX}{}.{}",
-            hex::encode(&bytes),
-            hex::encode(mac)
-        ))
+        let blob = format!("{PREFIX}{}.{}", hex::encode(&bytes), hex::encode(mac));
+        std::fs::rename(staging, &kept)?;
+        Ok((blob, kept))
     }
 
     /// Checks a blob and its file; returns the payload and the file's path.
@@ -277,11 +275,6 @@ impl Keeper {
             return Err(invalid("the bytes this resume data names have changed"));
         }
         Ok((payload, path))
-    }
-
-    /// The kept file a blob of this daemon names (`None` for anything else).
-    pub fn kept_file(&self, blob: &str) -> Option<PathBuf> {
-        self.file_id(blob).map(|id| self.file(&id))
     }
 
     /// The id of the kept file a blob of this daemon names (`None` for anything else).
@@ -407,7 +400,7 @@ mod tests {
         let mut cp = checkpoint();
         cp.url = request.url.clone();
         cp.current_url = "http://ann:pa55word@h/g".into();
-        let blob = k.keep(&staging, &request, cp).unwrap();
+        let (blob, _) = k.keep(&staging, &request, cp).unwrap();
         assert!(!blob.contains(&hex::encode("pa55word")));
         let (payload, _) = k.open_blob(&blob).unwrap();
         assert_eq!(payload.request.url, "http://ann@h/f");
@@ -423,7 +416,7 @@ mod tests {
         let k = keeper(dir.path());
         let staging = dir.path().join("s.part");
         std::fs::write(&staging, b"0123456789").unwrap();
-        let blob = k.keep(&staging, &request(), checkpoint()).unwrap();
+        let (blob, _) = k.keep(&staging, &request(), checkpoint()).unwrap();
         assert!(!staging.exists());
         assert!(!blob.contains(&hex::encode("secret")));
         let (payload, path) = k.open_blob(&blob).unwrap();
@@ -461,7 +454,7 @@ mod tests {
         let k = keeper(dir.path());
         let staging = dir.path().join("s.part");
         std::fs::write(&staging, b"0123456789").unwrap();
-        let blob = k.keep(&staging, &request(), checkpoint()).unwrap();
+        let (blob, _) = k.keep(&staging, &request(), checkpoint()).unwrap();
         let (_, path) = k.open_blob(&blob).unwrap();
         std::fs::write(&path, b"0123456780").unwrap();
         assert!(k.open_blob(&blob).unwrap_err().message.contains("changed"));
@@ -477,7 +470,7 @@ mod tests {
         let k = keeper(dir.path()).with_retention(Duration::from_secs(60));
         let staging = dir.path().join("s.part");
         std::fs::write(&staging, b"0123456789").unwrap();
-        let blob = k.keep(&staging, &request(), checkpoint()).unwrap();
+        let (blob, _) = k.keep(&staging, &request(), checkpoint()).unwrap();
         let (_, path) = k.open_blob(&blob).unwrap();
         let other = dir.path().join("resume").join("notes.txt");
         std::fs::write(&other, b"not kept bytes").unwrap();

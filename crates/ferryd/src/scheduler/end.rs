@@ -242,10 +242,8 @@ fn keep_for_resume(
         return Ok(None);
     }
     match keeper.keep(staging, request, checkpoint) {
-        Ok(blob) => {
-            if let Some(kept) = keeper.kept_file(&blob) {
-                moves.record(kept, staging.to_owned());
-            }
+        Ok((blob, kept)) => {
+            moves.record(kept, staging.to_owned());
             tasks::set_resume_data(c, id, &blob)?;
             Ok(Some(blob))
         }
