@@ -62,7 +62,7 @@ pub use error::{Error, ErrorKind, display_chain};
 pub use meter::RateMeter;
 pub use progress::Progress;
 pub use rate::{Limits, RateLimiter};
-pub use retry::RetryPolicy;
+pub use retry::{RetryLater, RetryPolicy};
 pub use staging::Conflict;
 pub use upload::{
     DEFAULT_MAX_REPLY_BYTES, MultipartFile, ServerReply, SourceIdentity, UploadBody, UploadFailure,

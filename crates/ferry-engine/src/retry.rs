@@ -48,6 +48,18 @@ impl RetryPolicy {
     }
 }
 
+/// A transient failure handed back to the caller instead of being waited out in the run
+/// (`hand_back_retries` of a download or upload spec): the caller frees what the run holds (a
+/// concurrency slot) and runs the task again once `delay` has passed, with `attempt` as the
+/// new run's `failed_attempts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryLater {
+    /// Failed attempts in a row so far (the number of the `Retrying` event just reported).
+    pub attempt: u32,
+    /// How long to wait before the next attempt.
+    pub delay: Duration,
+}
+
 /// Parses `Retry-After`: delay-seconds or an HTTP date (relative to `now`).
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();

@@ -33,7 +33,7 @@ use crate::dirsync::FolderSyncer;
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::rate::Limits;
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryLater, RetryPolicy};
 use crate::staging::{Conflict, Staging};
 use transfer::Transfer;
 
@@ -84,6 +84,12 @@ pub struct DownloadSpec {
     pub limits: Limits,
     /// Retry policy for transient failures.
     pub retry: RetryPolicy,
+    /// Attempts that failed in a row before this run (one that handed back a retry): the
+    /// backoff and `max_attempts` go on from there.
+    pub failed_attempts: u32,
+    /// Hand a transient failure back ([`Failure::retry`]) instead of sleeping until the next
+    /// attempt; the `Retrying` event and a checkpoint are still reported first.
+    pub hand_back_retries: bool,
     /// No byte for this long → transient `request_timeout`.
     pub request_timeout: Duration,
     /// The whole download, retries included, must end within this, or it fails `timed_out`.
@@ -116,6 +122,8 @@ impl DownloadSpec {
             checkpoint: None,
             limits: Limits::none(),
             retry: RetryPolicy::default(),
+            failed_attempts: 0,
+            hand_back_retries: false,
             request_timeout: Duration::from_secs(60),
             resource_timeout: Some(Duration::from_secs(7 * 24 * 3600)),
             allow_insecure_redirects: false,
@@ -213,6 +221,9 @@ pub struct Failure {
     /// The last durable checkpoint (`None` when nothing worth keeping was written, or the
     /// bytes were discarded, e.g. after a checksum mismatch).
     pub checkpoint: Option<Checkpoint>,
+    /// Set when the error is transient and the spec asked to hand retries back: when to try
+    /// again.
+    pub retry: Option<RetryLater>,
 }
 
 impl std::fmt::Display for Failure {
@@ -255,10 +266,12 @@ impl Engine {
         let url = parse_url(&spec.url).map_err(|error| Failure {
             error,
             checkpoint: spec.checkpoint.clone(),
+            retry: None,
         })?;
         let staging = Staging::open(&spec.staging).map_err(|error| Failure {
             error,
             checkpoint: spec.checkpoint.clone(),
+            retry: None,
         })?;
         let mut transfer = Transfer::new(
             &self.client,
@@ -362,6 +375,14 @@ pub(crate) async fn resource_deadline(timeout: Option<Duration>) {
         Some(t) => tokio::time::sleep(t).await,
         None => std::future::pending().await,
     }
+}
+
+/// `delay`, but no later than the resource timeout's end (`ends_at`): a run that hands back
+/// its retry then fails `timed_out` at once, as a run waiting in place would.
+pub(crate) fn until_end(delay: Duration, ends_at: Option<tokio::time::Instant>) -> Duration {
+    ends_at.map_or(delay, |end| {
+        delay.min(end.saturating_duration_since(tokio::time::Instant::now()))
+    })
 }
 
 fn check_scheme(url: &Url, text: &str) -> Result<(), Error> {

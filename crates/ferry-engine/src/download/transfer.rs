@@ -14,6 +14,7 @@ use url::Url;
 
 use super::request::{content_range, is_chunked, range_header};
 use super::segments::SegmentMap;
+use super::until_end;
 use super::{
     Destination, DownloadSpec, Downloaded, Event, Failure, Observer, Redirect, resource_deadline,
 };
@@ -23,7 +24,7 @@ use crate::dirsync::FolderSyncer;
 use crate::error::{Error, ErrorKind};
 use crate::filename;
 use crate::progress::Progress;
-use crate::retry::parse_retry_after;
+use crate::retry::{RetryLater, parse_retry_after};
 use crate::staging::{self, Staging};
 
 /// How often the checkpoint ticker looks at the byte count (at most).
@@ -168,7 +169,8 @@ impl<'a> Transfer<'a> {
                 self.spec.resource_timeout.unwrap_or_default(),
             ))
         };
-        let mut failed_attempts = 0u32;
+        let ends_at = self.spec.resource_timeout.map(|t| Instant::now() + t);
+        let mut failed_attempts = self.spec.failed_attempts;
         loop {
             let before = self.map.bytes();
             let outcome = tokio::select! {
@@ -196,7 +198,18 @@ impl<'a> Transfer<'a> {
                 delay,
                 error: &error,
             });
-            self.emit_checkpoint().await;
+            let checkpoint = self.emit_checkpoint().await;
+            if self.spec.hand_back_retries {
+                let retry = Some(RetryLater {
+                    attempt: failed_attempts,
+                    delay: until_end(delay, ends_at),
+                });
+                return Err(Failure {
+                    error,
+                    checkpoint,
+                    retry,
+                });
+            }
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Err(self.fail(ErrorKind::Cancelled.into()).await),
@@ -208,7 +221,11 @@ impl<'a> Transfer<'a> {
 
     async fn fail(&self, error: Error) -> Failure {
         let checkpoint = self.emit_checkpoint().await;
-        Failure { error, checkpoint }
+        Failure {
+            error,
+            checkpoint,
+            retry: None,
+        }
     }
 
     /// One attempt: open, stream every unfinished segment, return the inline hasher (if it
@@ -559,6 +576,7 @@ impl<'a> Transfer<'a> {
                 Err(Failure {
                     error,
                     checkpoint: None,
+                    retry: None,
                 })
             }
             Err(error) => Err(self.fail(error).await),

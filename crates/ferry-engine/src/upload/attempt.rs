@@ -1,6 +1,7 @@
 //! The state machine of one upload: attempts, retries, redirects, the reply.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -17,10 +18,10 @@ use url::Url;
 use super::body::{self, BoxError, ErrorSlot, Sources};
 use super::{ServerReply, UploadBody, UploadFailure, UploadSpec, Uploaded, invalid};
 use crate::download::request::classify;
-use crate::download::{Event, Observer, Redirect, redirect_target, resource_deadline};
+use crate::download::{Event, Observer, Redirect, redirect_target, resource_deadline, until_end};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
-use crate::retry::parse_retry_after;
+use crate::retry::{RetryLater, parse_retry_after};
 
 pub(super) struct Upload<'a> {
     client: &'a reqwest::Client,
@@ -33,6 +34,9 @@ pub(super) struct Upload<'a> {
     redirects: Vec<Redirect>,
     /// The last attempt's complete reply, if it got one.
     reply: Option<ServerReply>,
+    /// The next request sends the body again after a failed attempt (of this run or one
+    /// before it): announced once its length is known.
+    restarting: AtomicBool,
 }
 
 /// A request ready to send: its head, and its body as a stream to pump.
@@ -59,6 +63,7 @@ impl<'a> Upload<'a> {
             sources: None,
             redirects: Vec::new(),
             reply: None,
+            restarting: AtomicBool::new(spec.failed_attempts > 0),
         }
     }
 
@@ -73,7 +78,8 @@ impl<'a> Upload<'a> {
                 self.spec.resource_timeout.unwrap_or_default(),
             ))
         };
-        let mut failed_attempts = 0u32;
+        let ends_at = self.spec.resource_timeout.map(|t| Instant::now() + t);
+        let mut failed_attempts = self.spec.failed_attempts;
         loop {
             let outcome = tokio::select! {
                 biased;
@@ -96,18 +102,21 @@ impl<'a> Upload<'a> {
                 delay,
                 error: &error,
             });
+            if self.spec.hand_back_retries {
+                let mut failure = self.fail(error).await;
+                failure.retry = Some(RetryLater {
+                    attempt: failed_attempts,
+                    delay: until_end(delay, ends_at),
+                });
+                return Err(failure);
+            }
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Err(self.fail(ErrorKind::Cancelled.into()).await),
                 () = &mut expired => return Err(self.fail(timed_out()).await),
                 () = tokio::time::sleep(delay) => {}
             }
-            // The next attempt sends the body from byte zero: say so, as a download that
-            // restarts does.
-            self.observer.on_event(Event::ResumedAtOffset {
-                offset: 0,
-                expected: self.progress.expected(),
-            });
+            self.restarting.store(true, Ordering::Relaxed);
         }
     }
 
@@ -123,7 +132,11 @@ impl<'a> Upload<'a> {
                     "could not remove the incomplete reply file"),
             }
         }
-        UploadFailure { error, reply }
+        UploadFailure {
+            error,
+            reply,
+            retry: None,
+        }
     }
 
     fn source_paths(&self) -> Vec<&'a Path> {
@@ -304,6 +317,13 @@ impl<'a> Upload<'a> {
         let (tx, rx) = mpsc::channel(2);
         *request.body_mut() = Some(body::channel_body(rx));
         self.progress.reset(0, Some(length));
+        if self.restarting.swap(false, Ordering::Relaxed) {
+            // The body goes from byte zero again: say so, as a download that restarts does.
+            self.observer.on_event(Event::ResumedAtOffset {
+                offset: 0,
+                expected: Some(length),
+            });
+        }
 
         let timeout = self.spec.request_timeout;
         let pump = body::pump(source, tx, &self.spec.limits, self.progress, timeout, &slot);

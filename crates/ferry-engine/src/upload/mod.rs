@@ -36,7 +36,7 @@ use crate::download::{Engine, Observer, Redirect, parse_url};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::rate::Limits;
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryLater, RetryPolicy};
 use attempt::Upload;
 pub use body::SourceIdentity;
 
@@ -161,6 +161,12 @@ pub struct UploadSpec {
     /// Retry policy for transient failures. Every attempt sends the body from byte zero,
     /// so failed attempts are counted without the reset a download gets when bytes flow.
     pub retry: RetryPolicy,
+    /// Attempts that failed in a row before this run (one that handed back a retry): the
+    /// backoff and `max_attempts` go on from there.
+    pub failed_attempts: u32,
+    /// Hand a transient failure back ([`UploadFailure::retry`]) instead of sleeping until
+    /// the next attempt; the `Retrying` event is still reported first.
+    pub hand_back_retries: bool,
     /// The connection takes no body chunk, or the response (head or body chunk) does not
     /// come, for this long → transient `request_timeout`.
     pub request_timeout: Duration,
@@ -192,6 +198,8 @@ impl UploadSpec {
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             limits: Limits::none(),
             retry: RetryPolicy::default(),
+            failed_attempts: 0,
+            hand_back_retries: false,
             request_timeout: Duration::from_secs(60),
             resource_timeout: Some(Duration::from_secs(7 * 24 * 3600)),
             allow_insecure_redirects: false,
@@ -242,11 +250,18 @@ pub struct UploadFailure {
     /// source then turned out to have changed. `None` when no reply was read in full (the
     /// reply file is then removed).
     pub reply: Option<ServerReply>,
+    /// Set when the error is transient and the spec asked to hand retries back: when to try
+    /// again.
+    pub retry: Option<RetryLater>,
 }
 
 impl UploadFailure {
     fn bare(error: Error) -> UploadFailure {
-        UploadFailure { error, reply: None }
+        UploadFailure {
+            error,
+            reply: None,
+            retry: None,
+        }
     }
 }
 

@@ -100,6 +100,63 @@ async fn gives_up_after_max_attempts() {
     assert_eq!(env.server.requests().len(), 5);
 }
 
+/// With `hand_back_retries` a transient failure ends the run with when to try again and a
+/// checkpoint, instead of a sleep; the next run continues from both (bytes and count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_back_retry_ends_the_run_and_the_next_run_goes_on_from_it() {
+    let env = Env::new();
+    let n = 1_000_000;
+    let path = format!("/bytes/{n}?seed=5&drop_after=300000&fail_times=1");
+    let mut spec = env.spec(&path);
+    spec.hand_back_retries = true;
+    let (result, recorder) = env.run(&spec).await;
+    let failure = result.unwrap_err();
+    assert!(failure.error.is_transient(), "{}", failure.error);
+    let retry = failure.retry.expect("a transient failure is handed back");
+    assert_eq!(retry.attempt, 1);
+    assert!(retry.delay <= Duration::from_millis(20), "{retry:?}");
+    assert_eq!(
+        env.server.requests().len(),
+        1,
+        "no second attempt in the run"
+    );
+    assert!(
+        recorder
+            .non_checkpoint_events()
+            .iter()
+            .any(|e| matches!(e, Seen::Retrying { attempt: 1, .. })),
+        "the retry is reported before the run ends"
+    );
+    let checkpoint = failure
+        .checkpoint
+        .expect("the bytes so far are checkpointed");
+    assert!(checkpoint.bytes() > 0);
+
+    spec.checkpoint = Some(checkpoint);
+    spec.failed_attempts = retry.attempt;
+    let (result, _) = env.run(&spec).await;
+    let done = result.unwrap();
+    assert_eq!(std::fs::read(done.path).unwrap(), content(5, n));
+    assert!(
+        env.server.requests()[1].header("range").is_some(),
+        "the next run asks for the rest"
+    );
+
+    // The count goes on across runs: the policy's 5 attempts are used up by the fifth.
+    let mut spec = env.spec("/bytes/100?status=500");
+    spec.hand_back_retries = true;
+    spec.failed_attempts = 3;
+    let failure = env.run(&spec).await.0.unwrap_err();
+    assert_eq!(failure.retry.map(|r| r.attempt), Some(4));
+    spec.failed_attempts = 4;
+    let failure = env.run(&spec).await.0.unwrap_err();
+    assert_eq!(
+        failure.retry, None,
+        "attempts used up: the failure is final"
+    );
+    assert_eq!(failure.error.status(), Some(500));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connection_resumes_without_refetching() {
     let env = Env::new();

@@ -314,6 +314,65 @@ async fn a_5xx_is_retried_honouring_retry_after() {
     assert_eq!(env.upload_requests().len(), 3);
 }
 
+/// With `hand_back_retries` a 5xx ends the run with when to try again; the next run says it
+/// sends from zero again, and its attempts count on from the first run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_back_retry_ends_the_run_and_the_next_run_sends_again() {
+    let env = Env::new();
+    let data = content(5, 50_000);
+    let file = env.source("data.bin", &data);
+    let mut spec = env.upload_spec(
+        "/upload/later?status=503&retry_after=1&fail_times=1",
+        UploadBody::File(file),
+    );
+    spec.hand_back_retries = true;
+    let (result, recorder) = env.upload(&spec).await;
+    let failure = result.unwrap_err();
+    assert_eq!(failure.error.status(), Some(503));
+    let retry = failure.retry.expect("a 503 is handed back");
+    assert_eq!(
+        (retry.attempt, retry.delay),
+        (1, Duration::from_millis(200))
+    );
+    assert_eq!(
+        env.upload_requests().len(),
+        1,
+        "no second attempt in the run"
+    );
+    assert_eq!(
+        recorder.events(),
+        vec![Seen::Retrying {
+            attempt: 1,
+            delay: Duration::from_millis(200),
+            code: "http_status"
+        }]
+    );
+
+    spec.failed_attempts = retry.attempt;
+    let (result, recorder) = env.upload(&spec).await;
+    assert_eq!(result.unwrap().status, 201);
+    assert_eq!(env.server.upload("later").unwrap(), data);
+    assert_eq!(
+        recorder.events(),
+        vec![Seen::ResumedAtOffset {
+            offset: 0,
+            expected: Some(50_000)
+        }]
+    );
+
+    let mut spec = env.upload_spec(
+        "/upload/gone?status=502",
+        UploadBody::File(env.source("g", b"x")),
+    );
+    spec.hand_back_retries = true;
+    spec.failed_attempts = 4;
+    let failure = env.upload(&spec).await.0.unwrap_err();
+    assert_eq!(
+        failure.retry, None,
+        "the fifth attempt was the policy's last"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_5xx_fails_after_max_attempts_with_the_last_reply() {
     let env = Env::new();

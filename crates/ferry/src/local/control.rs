@@ -65,6 +65,13 @@ impl Shared {
                     task.info.state = TaskState::Suspended;
                     Ok(Step::Done)
                 }
+                // Waiting out a retry without a run (see `Task::retry_due`).
+                (_, None) if task.retry_due.is_some() => {
+                    task.retry_due = None;
+                    task.info.state = TaskState::Suspended;
+                    task.info.error = None;
+                    Ok(Step::Done)
+                }
                 // Suspended already, or it completed while being stopped.
                 _ => Ok(Step::Done),
             }
@@ -77,7 +84,11 @@ impl Shared {
         let mut state = self.state();
         let task = state.task_mut(id)?;
         match task.info.state {
-            TaskState::Suspended => task.info.state = WAITING,
+            TaskState::Suspended => {
+                task.info.state = WAITING;
+                // Resumed by hand: the backoff starts afresh.
+                task.failed_attempts = 0;
+            }
             TaskState::Running { .. } => {}
             TaskState::Completed { .. } => {
                 return Err(invalid_state("resume", id, task.info.state));
@@ -164,6 +175,10 @@ impl Shared {
             task.request.url.clone_from(&url);
             task.info.url = url;
             task.info.current_url = None;
+            if task.is_parked() {
+                // Waiting out a retry (perhaps the old URL's): try the new one now.
+                task.unpark(WAITING);
+            }
             task.run.as_mut().map(|run| run.stop(Stop::NewUrl))
         };
         if let Some(ended) = ended {

@@ -135,6 +135,7 @@ async fn read_body(data: bool, done: Downloaded) -> Result<Finished, Failure> {
                 e,
             ),
             checkpoint: None,
+            retry: None,
         }),
     }
 }
@@ -180,11 +181,16 @@ impl Shared {
         let stop = task.run.take().and_then(|r| r.stop);
         match result {
             Ok(finished) => record_success(&mut state, &self.folder.inbox(), id, finished),
-            Err(failure) => match (stop, failure.error.kind()) {
-                (Some(Stop::Cancel { reason, keep }), ErrorKind::Cancelled) => {
+            // A stop decides, also over a retry handed back as it came.
+            Err(failure) => match (stop, stopped_run(&failure.error, failure.retry)) {
+                (Some(Stop::Cancel { reason, keep }), true) => {
                     self.cancel_locked(&mut state, id, reason, keep, failure.checkpoint);
                 }
-                (Some(stop), ErrorKind::Cancelled) => pause(task, stop, failure),
+                (Some(stop), true) => pause(task, stop, failure),
+                (None, _) if failure.retry.is_some() => {
+                    park(task, failure.retry);
+                    keep_checkpoint(task, failure.checkpoint);
+                }
                 _ => self.record_failure(&mut state, id, failure, staging),
             },
         }
@@ -224,18 +230,25 @@ impl Shared {
             }
             Err(failure) => failure,
         };
-        match (stop, failure.error.kind()) {
-            (Some(Stop::Cancel { reason, keep }), ErrorKind::Cancelled) => {
+        match (stop, stopped_run(&failure.error, failure.retry)) {
+            (Some(Stop::Cancel { reason, keep }), true) => {
                 self.cancel_locked(&mut state, id, reason, keep, None);
                 remove_quietly(reply_path);
             }
-            (Some(stop), ErrorKind::Cancelled) => {
+            (Some(stop), true) => {
                 task.info.state = if stop == Stop::Suspend {
                     TaskState::Suspended
                 } else {
                     WAITING
                 };
                 task.info.bytes_done = 0;
+                remove_quietly(reply_path);
+            }
+            (None, _) if failure.retry.is_some() => {
+                // The next run sends from byte zero, and no event names this reply.
+                park(task, failure.retry);
+                task.info.bytes_done = 0;
+                remove_quietly(reply_path);
             }
             _ => {
                 let error = error_info(&failure.error);
@@ -309,6 +322,12 @@ impl Shared {
     }
 }
 
+/// Whether a run that ended with `error` (and `retry`) ended for a stop, if one was asked:
+/// it was cancelled, or it handed a retry back as the stop came.
+fn stopped_run(error: &ferry_engine::Error, retry: Option<ferry_engine::RetryLater>) -> bool {
+    matches!(error.kind(), ErrorKind::Cancelled) || retry.is_some()
+}
+
 /// A stopped run that is not a cancellation: the task keeps its bytes and waits (preempted,
 /// or its URL changed) or is suspended.
 fn pause(task: &mut Task, stop: Stop, failure: Failure) {
@@ -317,11 +336,26 @@ fn pause(task: &mut Task, stop: Stop, failure: Failure) {
     } else {
         WAITING
     };
-    if let Some(cp) = &failure.checkpoint {
+    keep_checkpoint(task, failure.checkpoint);
+}
+
+/// The checkpoint a paused run handed back, for the next run.
+fn keep_checkpoint(task: &mut Task, checkpoint: Option<ferry_engine::Checkpoint>) {
+    if let Some(cp) = &checkpoint {
         task.info.bytes_done = cp.bytes();
         task.info.bytes_total = cp.total.or(task.info.bytes_total);
     }
-    task.checkpoint = failure.checkpoint;
+    task.checkpoint = checkpoint;
+}
+
+/// The run (its task in `retry_wait` since the `retrying` event) handed back a retry: the
+/// task waits for it without a run, so that its slot serves another task meanwhile (a dead
+/// host must not block the queue), and is started again when it is due.
+fn park(task: &mut Task, retry: Option<ferry_engine::RetryLater>) {
+    let Some(retry) = retry else { return };
+    task.info.state = RETRY_WAIT;
+    task.failed_attempts = retry.attempt;
+    task.retry_due = Some(std::time::Instant::now() + retry.delay);
 }
 
 impl Shared {

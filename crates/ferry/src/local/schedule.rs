@@ -86,28 +86,36 @@ fn host_of(url: &str) -> String {
 }
 
 impl Shared {
-    /// Starts what the limits allow; returns how long until a task's `earliest_begin` comes,
-    /// if one is waiting for it.
+    /// Starts what the limits allow; returns how long until a task's `earliest_begin` or
+    /// retry comes, if one is waiting for it.
     fn schedule(self: &Arc<Self>) -> Option<Duration> {
         let mut state = self.state();
-        let now = unix_now();
-        let mut waiting: Vec<(Priority, TaskId, Option<i64>)> = state
+        let (now, instant) = (unix_now(), Instant::now());
+        let mut waiting: Vec<(Priority, TaskId, Option<i64>, Option<Instant>)> = state
             .tasks
             .iter()
-            .filter(|(_, t)| t.info.state == WAITING)
-            .map(|(id, t)| (t.info.priority, *id, t.request.earliest_begin))
+            .filter(|(_, t)| t.info.state == WAITING || t.is_parked())
+            .map(|(id, t)| (t.info.priority, *id, t.request.earliest_begin, t.retry_due))
             .collect();
-        waiting.sort_by_key(|(priority, id, _)| (Reverse(*priority), *id));
-        let due = |begin: Option<i64>| begin.is_none_or(|t| t <= now);
+        waiting.sort_by_key(|(priority, id, _, _)| (Reverse(*priority), *id));
+        let due = |begin: Option<i64>, retry: Option<Instant>| {
+            begin.is_none_or(|t| t <= now) && retry.is_none_or(|t| t <= instant)
+        };
         let next_begin = waiting
             .iter()
-            .filter_map(|(_, _, begin)| begin.filter(|t| *t > now))
+            .filter_map(|(_, _, begin, _)| begin.filter(|t| *t > now))
             .min()
             .map(|t| Duration::from_secs(u64::try_from(t - now).unwrap_or(0)));
+        let next_retry = waiting
+            .iter()
+            .filter_map(|(_, _, _, retry)| retry.filter(|t| *t > instant))
+            .min()
+            .map(|t| t - instant);
+        let next = next_begin.into_iter().chain(next_retry).min();
         // Discretionary (low) tasks wait while anything of a higher class is waiting.
         let urgent_waiting = waiting
             .iter()
-            .any(|(p, _, begin)| *p > Priority::Low && due(*begin));
+            .any(|(p, _, begin, retry)| *p > Priority::Low && due(*begin, *retry));
         let mut load = Load::default();
         for task in state.tasks.values() {
             if let Some(run) = &task.run {
@@ -115,8 +123,8 @@ impl Shared {
             }
         }
         let mut preempted = false;
-        for (priority, id, begin) in waiting {
-            if !due(begin) || (priority == Priority::Low && urgent_waiting) {
+        for (priority, id, begin, retry) in waiting {
+            if !due(begin, retry) || (priority == Priority::Low && urgent_waiting) {
                 continue;
             }
             if load.total >= self.config.max_concurrent as usize {
@@ -141,7 +149,7 @@ impl Shared {
             load.add(group.as_deref(), &host);
             self.start(&mut state, id, host);
         }
-        next_begin
+        next
     }
 
     /// Moves a waiting task to `connecting` and spawns its transfer.
@@ -150,6 +158,7 @@ impl Shared {
             return;
         };
         task.first_start.get_or_insert_with(Instant::now);
+        task.retry_due = None;
         let spec = match &task.kind {
             Kind::Upload(upload) => self
                 .upload_spec(id, task, upload)
@@ -248,6 +257,9 @@ impl Shared {
         spec.limits = self.limits(task);
         spec.request_timeout = self.request_timeout();
         spec.resource_timeout = Some(self.resource_timeout_left(task));
+        spec.failed_attempts = task.failed_attempts;
+        // A task waiting out a retry gives its slot back (see `run::park`).
+        spec.hand_back_retries = true;
         Ok(spec)
     }
 
@@ -270,6 +282,8 @@ impl Shared {
         spec.request_timeout = self.request_timeout();
         spec.resource_timeout = Some(self.resource_timeout_left(task));
         spec.sources = Some(upload.sources.clone());
+        spec.failed_attempts = task.failed_attempts;
+        spec.hand_back_retries = true;
         Ok(spec)
     }
 

@@ -282,6 +282,7 @@ impl State {
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
+        task.retry_due = None;
         if let Some(reply) = &reply {
             task.info.location = Some(reply.location.clone());
         }
@@ -454,8 +455,13 @@ pub(super) struct Task {
     /// Where the bytes in the staging file stand, when there are any.
     pub(super) checkpoint: Option<Checkpoint>,
     /// The transfer, while the engine works on the task. Invariant: `Some` exactly while the
-    /// state is `connecting`, `transferring` or `retry_wait`.
+    /// state is `connecting`, `transferring`, or `retry_wait` without `retry_due`.
     pub(super) run: Option<Run>,
+    /// When a task waiting out a retry without a run (its run handed the retry back, so
+    /// that it holds no slot meanwhile) is due. Set only in `retry_wait`.
+    pub(super) retry_due: Option<Instant>,
+    /// Attempts that failed in a row so far, carried from one run to the next.
+    pub(super) failed_attempts: u32,
     /// The resource timeout counts from here, pauses included.
     pub(super) first_start: Option<Instant>,
     /// The task's own `rate_limit` (no limit: rate 0), shared with its running transfer so
@@ -509,6 +515,8 @@ impl Task {
             kind,
             checkpoint: None,
             run: None,
+            retry_due: None,
+            failed_attempts: 0,
             first_start: None,
             kept: None,
             done: CancellationToken::new(),
@@ -525,6 +533,18 @@ impl Task {
 
     pub(super) fn is_completed(&self) -> bool {
         matches!(self.info.state, TaskState::Completed { .. })
+    }
+
+    /// Waiting out a retry without a run.
+    pub(super) fn is_parked(&self) -> bool {
+        self.retry_due.is_some() && self.info.state == RETRY_WAIT
+    }
+
+    /// Leaves a wait without a run for `state` (`waiting`, `suspended`).
+    pub(super) fn unpark(&mut self, state: TaskState) {
+        self.retry_due = None;
+        self.info.state = state;
+        self.info.error = None;
     }
 
     /// The task as clients see it, with a running transfer's live byte counts.

@@ -1051,6 +1051,73 @@ async fn a_task_raised_to_foreground_preempts_a_running_one() {
     );
 }
 
+/// As in the daemon: a task waiting out a retry holds no slot (a 503 with a long
+/// `Retry-After` does not block the queue), and waits without a run until due; suspended
+/// meanwhile it pauses, resumed it tries again at once, and its attempts count on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_waiting_out_a_retry_gives_its_slot_to_the_next() {
+    let mut f = fixture(SessionConfig {
+        max_concurrent: 1,
+        ..SessionConfig::default()
+    });
+    // Always 503, "come back in 120 s": longer than the test's patience.
+    let busy = f
+        .create(f.to_file("/bytes/100?seed=16&status=503&retry_after=120", "busy"))
+        .await
+        .id;
+    let retry_wait = TaskState::Running {
+        phase: RunPhase::RetryWait,
+    };
+    f.wait_for(busy, |t| t.state == retry_wait).await;
+    let next = f.create(f.to_file("/bytes/2000?seed=17", "next")).await.id;
+    f.until_completed(&[next]).await;
+    assert_eq!(
+        f.get(next).await.unwrap().state,
+        completed(OutcomeKind::Succeeded)
+    );
+    assert_eq!(std::fs::read(f.path("next")).unwrap(), content(17, 0, 2000));
+    let busy_requests = |f: &Fixture| {
+        f.server
+            .requests()
+            .iter()
+            .filter(|r| r.query.contains("seed=16"))
+            .count()
+    };
+    assert_eq!(f.get(busy).await.unwrap().state, retry_wait);
+    assert_eq!(busy_requests(&f), 1, "not retried before it is due");
+
+    let suspended = f.ask_task(Request::Suspend { task: busy }).await.unwrap();
+    assert_eq!(suspended.state, TaskState::Suspended);
+    f.ask_task(Request::Resume { task: busy }).await.unwrap();
+    // Its first retry after the resume is attempt 1 again: the backoff starts afresh.
+    f.until(|frames| {
+        frames
+            .iter()
+            .filter(|fr| fr.task == Some(busy))
+            .any(|fr| matches!(fr.event, Event::Retrying { attempt: 1, .. }))
+    })
+    .await;
+    assert_eq!(busy_requests(&f), 2, "tried again at once");
+    let cancelled = f.ask_task(Request::Cancel { task: busy }).await.unwrap();
+    assert_eq!(cancelled.state, completed(OutcomeKind::Cancelled));
+
+    // A 503 twice: the second run's retry is attempt 2.
+    let twice = f
+        .create(f.to_file("/bytes/500?seed=18&status=503&fail_times=2", "twice"))
+        .await
+        .id;
+    let frames = f.until_completed(&[twice]).await;
+    let attempts: Vec<u32> = events_of(&frames, twice)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Retrying { attempt, .. } => Some(*attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attempts, [1, 2]);
+    assert_eq!(std::fs::read(f.path("twice")).unwrap(), content(18, 0, 500));
+}
+
 /// Every byte but letters and digits as `%XX`.
 fn encode(text: &str) -> String {
     text.bytes()
@@ -1081,8 +1148,11 @@ async fn reports_redirects_and_retries() {
             _ => None,
         })
         .collect();
-    assert_eq!(redirects.len(), 2, "{events:?}");
-    assert_eq!(redirects.last(), Some(&target.as_str()));
+    // Two hops, and after the 503 two again: a retry without bytes starts a new run from
+    // the request's URL.
+    assert_eq!(redirects.len(), 4, "{events:?}");
+    assert_eq!(redirects[1], target.as_str());
+    assert_eq!(redirects[3], target.as_str());
     let retry = events
         .iter()
         .find_map(|e| match e {

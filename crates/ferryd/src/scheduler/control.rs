@@ -7,25 +7,34 @@ use super::*;
 impl Scheduler {
     /// Pauses a task, keeping its bytes.
     pub async fn suspend(&self, task: u64) -> Result<(), ControlError> {
-        if let Some(finished) = self.stop_running(task, Stop::Suspend) {
-            finished.cancelled().await;
-            return Ok(());
+        // A run that ended as the stop came may have parked (waiting out a retry) instead
+        // of pausing: the write after it suspends the task then. A task the scheduler
+        // starts meanwhile is caught on the next pass.
+        for _ in 0..3 {
+            let stopped = match self.stop_running(task, Stop::Suspend) {
+                Some(finished) => {
+                    finished.cancelled().await;
+                    true
+                }
+                None => false,
+            };
+            let moved = self
+                .store
+                .write(move |c| {
+                    let moved = tasks::transition(c, task, &[WAITING], TaskState::Suspended, None)?
+                        || tasks::unpark(c, task, TaskState::Suspended)?;
+                    Ok((moved, Vec::new()))
+                })
+                .await?;
+            if moved || stopped || !self.running().contains_key(&task) {
+                return if stopped {
+                    Ok(())
+                } else {
+                    self.refuse_unless(moved, task, "suspend", &[TaskState::Suspended])
+                };
+            }
         }
-        let moved = self
-            .store
-            .write(move |c| {
-                Ok((
-                    tasks::transition(c, task, &[WAITING], TaskState::Suspended, None)?,
-                    Vec::new(),
-                ))
-            })
-            .await?;
-        if !moved && let Some(finished) = self.stop_running(task, Stop::Suspend) {
-            // It started between the two looks.
-            finished.cancelled().await;
-            return Ok(());
-        }
-        self.refuse_unless(moved, task, "suspend", &[TaskState::Suspended])
+        self.refuse_unless(false, task, "suspend", &[TaskState::Suspended])
     }
 
     /// Starts or continues a suspended task.
@@ -33,10 +42,12 @@ impl Scheduler {
         let moved = self
             .store
             .write(move |c| {
-                Ok((
-                    tasks::transition(c, task, &[TaskState::Suspended], WAITING, None)?,
-                    Vec::new(),
-                ))
+                let moved = tasks::transition(c, task, &[TaskState::Suspended], WAITING, None)?;
+                if moved {
+                    // Resumed by hand: the backoff starts afresh.
+                    tasks::forget_failed_attempts(c, task)?;
+                }
+                Ok((moved, Vec::new()))
             })
             .await?;
         self.wake();
@@ -64,11 +75,13 @@ impl Scheduler {
         reason: CancelReason,
         keep: bool,
     ) -> Result<bool, StoreError> {
-        // A task the scheduler starts meanwhile is caught on the next pass.
+        // A task the scheduler starts meanwhile is caught on the next pass; one whose run
+        // ended as the stop came and parked (waiting out a retry) by the write after it.
+        let mut stopped = false;
         for _ in 0..3 {
             if let Some(finished) = self.stop_running(task, Stop::Cancel { reason, keep }) {
                 finished.cancelled().await;
-                return Ok(true);
+                stopped = true;
             }
             let (keeper, staging) = (self.keeper.clone(), self.layout.staging(task));
             let moves = KeptMoves::default();
@@ -76,6 +89,12 @@ impl Scheduler {
             let moved = self
                 .store
                 .write(move |c| {
+                    // In `retry_wait` with its run not yet ended: the stop above handles it.
+                    if tasks::get(c, task)?
+                        .is_some_and(|row| row.state == RETRY_WAIT && row.retry_at.is_none())
+                    {
+                        return Ok((false, Vec::new()));
+                    }
                     let checkpoint = tasks::checkpoint(c, task)?;
                     let order = Cancellation {
                         keep,
@@ -88,7 +107,7 @@ impl Scheduler {
                         &keeper,
                         &staging,
                         task,
-                        &[WAITING, TaskState::Suspended],
+                        &[WAITING, TaskState::Suspended, RETRY_WAIT],
                         order,
                     )
                 })
@@ -101,11 +120,11 @@ impl Scheduler {
                 super::upload::discard_reply(&self.layout.reply(task));
                 return Ok(true);
             }
-            if !self.running().contains_key(&task) {
-                return Ok(false);
+            if stopped || !self.running().contains_key(&task) {
+                return Ok(stopped);
             }
         }
-        Ok(false)
+        Ok(stopped)
     }
 
     /// Changes an unfinished task's priority and has the loop look again at once: a waiting
@@ -172,6 +191,8 @@ impl Scheduler {
                 let checked = unfinished(c, task, "update the URL of")?;
                 if checked.is_ok() {
                     tasks::set_url(c, task, &url)?;
+                    // Waiting out a retry (perhaps the old URL's): try the new one now.
+                    tasks::unpark(c, task, WAITING)?;
                 }
                 Ok((checked, Vec::new()))
             })
@@ -184,6 +205,7 @@ impl Scheduler {
         {
             finished.cancelled().await;
         }
+        self.wake();
         Ok(())
     }
 

@@ -17,7 +17,10 @@ impl Scheduler {
         let end = match result {
             Ok(done) => End::Succeeded(done),
             Err(EndError::Engine(failure)) => match (stopped, failure.error.kind()) {
-                (Some(stop), ferry_engine::ErrorKind::Cancelled) => End::Stopped(stop, failure),
+                (Some(stop), ferry_engine::ErrorKind::Cancelled) => End::Stopped(stop, *failure),
+                // A retry handed back as a stop came: the stop decides.
+                (Some(stop), _) if failure.retry.is_some() => End::Stopped(stop, *failure),
+                (None, _) if failure.retry.is_some() => End::Parked(*failure),
                 // Bytes that are right but could not be placed are kept for resume data.
                 _ => End::Failed(
                     failure
@@ -118,17 +121,11 @@ impl Scheduler {
                             _ => TaskState::Suspended,
                         };
                         tasks::transition(c, id, &ACTIVE, to, None)?;
-                        match failure.checkpoint {
-                            Some(cp) => tasks::save_checkpoint(c, id, &cp)?,
-                            None => tasks::delete_checkpoint(c, id)?,
-                        }
-                        // Its URL was updated while it ran: the checkpoint just saved names
-                        // the old one, and the next run continues from the new one.
-                        if let Some(now) = tasks::get(c, id)?
-                            && now.request.url() != run_url
-                        {
-                            tasks::set_url(c, id, now.request.url())?;
-                        }
+                        keep_checkpoint(c, id, failure.checkpoint, &run_url)?;
+                    }
+                    End::Parked(failure) => {
+                        park(c, id, failure.retry)?;
+                        keep_checkpoint(c, id, failure.checkpoint, &run_url)?;
                     }
                 }
                 Ok(((), events))
@@ -144,6 +141,51 @@ impl Scheduler {
             Err(e) => tracing::error!(task = id, error = %e, "could not record the end of a task"),
         }
     }
+}
+
+/// Runs in the writer: the run of task `id` (in `retry_wait` since its `retrying` event)
+/// handed back a retry: the task waits for it without a run, so its slot serves another task
+/// meanwhile (a dead host must not block a queue), and is started again when it is due.
+pub(super) fn park(
+    c: &rusqlite::Connection,
+    id: u64,
+    retry: Option<ferry_engine::RetryLater>,
+) -> Result<(), StoreError> {
+    let parked = match retry {
+        Some(retry) => {
+            let due = i64::try_from(ferry_proto::due_in(retry.delay)).unwrap_or(i64::MAX);
+            tasks::park(c, id, due, retry.attempt)?
+        }
+        None => false,
+    };
+    if !parked {
+        // Not in `retry_wait` (never seen): rather than leave it active without a run, it
+        // waits to run again.
+        tasks::transition(c, id, &ACTIVE, WAITING, None)?;
+    }
+    Ok(())
+}
+
+/// Runs in the writer: keeps the checkpoint a paused run handed back (or forgets the one
+/// stored, when it has none), for its next run.
+fn keep_checkpoint(
+    c: &rusqlite::Connection,
+    id: u64,
+    checkpoint: Option<ferry_engine::Checkpoint>,
+    run_url: &str,
+) -> Result<(), StoreError> {
+    match checkpoint {
+        Some(cp) => tasks::save_checkpoint(c, id, &cp)?,
+        None => tasks::delete_checkpoint(c, id)?,
+    }
+    // Its URL was updated while it ran: the checkpoint just saved names the old one, and the
+    // next run continues from the new one.
+    if let Some(now) = tasks::get(c, id)?
+        && now.request.url() != run_url
+    {
+        tasks::set_url(c, id, now.request.url())?;
+    }
+    Ok(())
 }
 
 /// How a task is to be cancelled.
@@ -256,7 +298,7 @@ fn keep_for_resume(
 
 /// Why a run produced no file.
 pub(super) enum EndError {
-    Engine(Failure),
+    Engine(Box<Failure>),
     Setup(ErrorInfo),
 }
 
@@ -264,4 +306,6 @@ enum End {
     Succeeded(Downloaded),
     Failed(Option<ferry_engine::Checkpoint>, ErrorInfo),
     Stopped(Stop, Failure),
+    /// It waits out a retry without a run.
+    Parked(Failure),
 }

@@ -273,12 +273,20 @@ impl Scheduler {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let progress = tokio::spawn(self.clone().progress_loop(shutdown.clone()));
         loop {
-            if let Err(e) = self.schedule().await {
-                tracing::error!(error = %e, "scheduling failed");
+            // Rounds run when woken, every second (for tasks that become due), and when the
+            // next retry seen is due, if that is sooner.
+            let mut pause = Duration::from_secs(1);
+            match self.schedule().await {
+                Ok(Some(retry_at)) => {
+                    let until = u64::try_from(retry_at - now_ms()).unwrap_or(0);
+                    pause = pause.min(Duration::from_millis(until));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "scheduling failed"),
             }
             tokio::select! {
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = tokio::time::sleep(pause) => {}
                 () = shutdown.cancelled() => break,
             }
         }
@@ -349,7 +357,9 @@ impl Scheduler {
     /// (not due yet, a group or host limit, a discretionary task, a possible preemption), the
     /// tasks behind it might have mattered: the round is planned again from the full read
     /// ([`WAITING_PER_SESSION`]), so its outcome is the full read's.
-    async fn schedule(self: &Arc<Self>) -> Result<(), StoreError> {
+    ///
+    /// Returns when the soonest task seen waiting out a retry is due (unix ms), if any.
+    async fn schedule(self: &Arc<Self>) -> Result<Option<i64>, StoreError> {
         let mut load = Load::default();
         let mut lowest_running = None;
         for r in self.running().values().filter(|r| !r.ending) {
@@ -379,11 +389,12 @@ impl Scheduler {
         for started in futures_util::future::join_all(starting).await {
             started?;
         }
-        Ok(())
+        Ok(plan.next_retry)
     }
 
-    /// Reads every session and up to `limit` of each one's next waiting tasks; also says
-    /// whether a session had more than that (the read was cut short).
+    /// Reads every session and up to `limit` of each one's next waiting tasks, and as many of
+    /// its tasks waiting out a retry without a run; also says whether a session had more
+    /// than that (the read was cut short).
     async fn read_round(
         &self,
         limit: usize,
@@ -395,9 +406,10 @@ impl Scheduler {
             let mut waiting = Vec::new();
             let mut cut = false;
             for (id, _) in &sessions {
-                let rows = tasks::waiting(c, id, limit)?;
-                cut |= rows.len() >= limit && limit < WAITING_PER_SESSION;
-                waiting.extend(rows);
+                for rows in [tasks::waiting(c, id, limit)?, tasks::parked(c, id, limit)?] {
+                    cut |= rows.len() >= limit && limit < WAITING_PER_SESSION;
+                    waiting.extend(rows);
+                }
             }
             Ok((waiting, sessions, cut))
         };
@@ -434,13 +446,23 @@ impl Scheduler {
         lowest_running: Option<Priority>,
     ) -> Plan {
         candidates.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.id));
-        let now = crate::store::now();
-        let due = |row: &TaskRow| row.request.earliest_begin().is_none_or(|t| t <= now);
+        let (now, now_ms) = (crate::store::now(), now_ms());
+        let due = |row: &TaskRow| {
+            row.request.earliest_begin().is_none_or(|t| t <= now)
+                && row.retry_at.is_none_or(|t| t <= now_ms)
+        };
         // Discretionary (low) tasks wait while anything of a higher class is waiting.
         let urgent_waiting = candidates
             .iter()
             .any(|r| r.priority > Priority::Low && due(r));
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            next_retry: candidates
+                .iter()
+                .filter_map(|r| r.retry_at)
+                .filter(|t| *t > now_ms)
+                .min(),
+            ..Plan::default()
+        };
         for row in candidates {
             if !due(&row)
                 || (row.priority == Priority::Low && urgent_waiting)
@@ -548,7 +570,8 @@ impl Scheduler {
         let moved = self
             .store
             .write_relaxed(move |c| {
-                let moved = tasks::transition(c, id, &[WAITING], CONNECTING, None)?;
+                let moved = tasks::transition(c, id, &[WAITING], CONNECTING, None)?
+                    || tasks::unpark(c, id, CONNECTING)?;
                 if !moved {
                     return Ok(None);
                 }
@@ -604,34 +627,39 @@ impl Scheduler {
             // A stop that came during the start has already cancelled `cancel`: the engine
             // returns at once, with nothing sent or fetched.
             let stopped = || *stop.lock().unwrap_or_else(PoisonError::into_inner);
-            match job {
+            let parked = match job {
                 Job::Download(spec) => {
                     let result = this
                         .engine
                         .download(&spec, &progress, &observer, &cancel)
                         .await;
+                    let parked = matches!(&result, Err(f) if f.retry.is_some());
                     // Read once: a stop that comes later finds the run ending and waits.
                     let stop = stopped();
                     this.release_slot(id, stop);
-                    this.record_end(&row, result.map_err(EndError::Engine), stop)
-                        .await;
+                    let result = result.map_err(|f| EndError::Engine(Box::new(f)));
+                    this.record_end(&row, result, stop).await;
+                    parked
                 }
                 Job::Upload(spec) => {
                     let result = this
                         .engine
                         .upload(&spec, &progress, &observer, &cancel)
                         .await;
+                    let parked = matches!(&result, Err(f) if f.retry.is_some());
                     let stop = stopped();
                     this.release_slot(id, stop);
                     this.record_upload_end(&row, result, stop).await;
+                    parked
                 }
-            }
+            };
             this.running().remove(&id);
             finished.cancel();
             // The slot was freed (and the loop woken) when the engine returned; look again
-            // only for a run that was stopped — it may wait again, and is startable only now
-            // that it has left `running`.
-            if stopped().is_some() {
+            // for a run that was stopped — it may wait again, and is startable only now that
+            // it has left `running` — and for one that waits out a retry, so that the loop
+            // learns when it is due.
+            if parked || stopped().is_some() {
                 this.wake();
             }
         });
@@ -726,6 +754,9 @@ impl Scheduler {
             .map_or(self.config.default_connections, |c| c as usize)
             .max(1);
         spec.checkpoint = checkpoint;
+        spec.failed_attempts = row.failed_attempts;
+        // A task waiting out a retry gives its slot back (see `end::park`).
+        spec.hand_back_retries = true;
         spec.limits = self.limits(row.id, &row.session);
         spec.request_timeout = Duration::from_secs(config.request_timeout_secs.max(1));
         let left = config.resource_timeout_secs.saturating_sub(spent_secs);
@@ -744,6 +775,8 @@ struct Plan {
     victim: Option<u64>,
     /// Whether tasks behind those read might have changed the decision (see `schedule`).
     doubtful: bool,
+    /// When the soonest task read that waits out a retry is due (unix ms).
+    next_retry: Option<i64>,
 }
 
 /// What a run hands to the engine.
@@ -801,6 +834,11 @@ fn host_of(url: &str) -> String {
             )
         })
         .unwrap_or_default()
+}
+
+/// Now, in milliseconds since the Unix epoch (the unit of `retry_at`).
+fn now_ms() -> i64 {
+    i64::try_from(ferry_proto::due_in(Duration::ZERO)).unwrap_or(i64::MAX)
 }
 
 fn set_stop(stop: &Mutex<Option<Stop>>, value: Stop) {

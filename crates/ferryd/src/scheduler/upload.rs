@@ -100,6 +100,9 @@ impl Scheduler {
         let left = config.resource_timeout_secs.saturating_sub(spent_secs);
         spec.resource_timeout = Some(Duration::from_secs(left).max(Duration::from_millis(1)));
         spec.sources = row.sources.clone();
+        spec.failed_attempts = row.failed_attempts;
+        // A task waiting out a retry gives its slot back (see `end::park`).
+        spec.hand_back_retries = true;
         Ok(spec)
     }
 
@@ -116,6 +119,9 @@ impl Scheduler {
             Ok(done) => UploadEnd::Succeeded(done),
             Err(failure) => match (stopped, failure.error.kind()) {
                 (Some(stop), ferry_engine::ErrorKind::Cancelled) => UploadEnd::Stopped(stop),
+                // A retry handed back as a stop came: the stop decides.
+                (Some(stop), _) if failure.retry.is_some() => UploadEnd::Stopped(stop),
+                (None, _) if failure.retry.is_some() => UploadEnd::Parked(failure.retry),
                 _ => UploadEnd::Failed(failure),
             },
         };
@@ -126,7 +132,7 @@ impl Scheduler {
             }) => sync_reply(reply.path.clone()).await,
             // A stopped run's reply (an earlier attempt's 503, say) is nobody's: the next
             // run starts over, and a cancelled task names no reply.
-            UploadEnd::Stopped(_) => discard_reply(&self.layout.reply(id)),
+            UploadEnd::Stopped(_) | UploadEnd::Parked(_) => discard_reply(&self.layout.reply(id)),
             UploadEnd::Failed(_) => {}
         }
         let keeper = self.keeper.clone();
@@ -204,6 +210,7 @@ impl Scheduler {
                         };
                         tasks::transition(c, id, &ACTIVE, to, None)?;
                     }
+                    UploadEnd::Parked(retry) => super::end::park(c, id, retry)?,
                 }
                 Ok(((), events))
             })
@@ -218,4 +225,6 @@ enum UploadEnd {
     Succeeded(Uploaded),
     Failed(UploadFailure),
     Stopped(Stop),
+    /// It waits out a retry without a run.
+    Parked(Option<ferry_engine::RetryLater>),
 }

@@ -364,11 +364,13 @@ fn stable_plans(conn: &Connection) {
 }
 
 /// Nothing stays in a state that no code path leaves: whatever was running when the last
-/// daemon stopped waits to run again, from its checkpoint.
+/// daemon stopped waits to run again, from its checkpoint. A task waiting out a retry
+/// without a run (`retry_at` set) keeps waiting until it is due.
 fn normalise(conn: &Connection) -> Result<(), StoreError> {
     let n = conn.execute(
         "UPDATE tasks SET state = 'waiting' \
-         WHERE state IN ('connecting', 'transferring', 'retry_wait')",
+         WHERE state IN ('connecting', 'transferring') \
+            OR (state = 'retry_wait' AND retry_at IS NULL)",
         [],
     )?;
     if n > 0 {

@@ -105,4 +105,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
         removed_at  INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 11: a task waiting out a retry holds no slot: its run ended and it is due again at
+    // `retry_at` (unix ms; set only while it so waits in `retry_wait`), with the attempts that
+    // failed in a row so far.
+    r#"
+    ALTER TABLE tasks ADD COLUMN retry_at INTEGER;
+    ALTER TABLE tasks ADD COLUMN failed_attempts INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

@@ -184,6 +184,10 @@ pub struct TaskRow {
     pub reply: Option<Reply>,
     /// An upload's source files as they were when it was created.
     pub sources: Option<Vec<ferry_engine::SourceIdentity>>,
+    /// When a task waiting out a retry (parked in `retry_wait`, no run) is due, unix ms.
+    pub retry_at: Option<i64>,
+    /// Attempts that failed in a row so far (carried from one run to the next).
+    pub failed_attempts: u32,
 }
 
 impl TaskRow {
@@ -212,7 +216,7 @@ impl TaskRow {
 }
 
 const COLUMNS: &str = "id, session, request, priority, state, error, bytes_done, bytes_total, current_url, location, \
-     resume_data, kind, reply, sources";
+     resume_data, kind, reply, sources, retry_at, failed_attempts";
 
 fn priority_rank(p: Priority) -> i64 {
     match p {
@@ -267,6 +271,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(TaskRowRaw, String, Option<Strin
             kind: row.get(11)?,
             reply: row.get(12)?,
             sources: row.get(13)?,
+            retry_at: row.get(14)?,
+            failed_attempts: u32::try_from(row.get::<_, i64>(15)?).unwrap_or(u32::MAX),
         },
         row.get(2)?,
         row.get(5)?,
@@ -286,6 +292,8 @@ struct TaskRowRaw {
     kind: String,
     reply: Option<String>,
     sources: Option<String>,
+    retry_at: Option<i64>,
+    failed_attempts: u32,
 }
 
 fn decode(
@@ -307,6 +315,8 @@ fn decode(
         resume_data: raw.resume_data,
         reply: raw.reply.map(|r| serde_json::from_str(&r)).transpose()?,
         sources: raw.sources.map(|s| serde_json::from_str(&s)).transpose()?,
+        retry_at: raw.retry_at,
+        failed_attempts: raw.failed_attempts,
     })
 }
 
@@ -382,8 +392,60 @@ pub fn waiting(conn: &Connection, session: &str, limit: usize) -> Result<Vec<Tas
     )
 }
 
+/// The next tasks of `session` waiting out a retry without a run (parked), in scheduling
+/// order, due or not.
+pub fn parked(conn: &Connection, session: &str, limit: usize) -> Result<Vec<TaskRow>, StoreError> {
+    query(
+        conn,
+        "WHERE session = ?1 AND state = 'retry_wait' AND retry_at IS NOT NULL \
+         ORDER BY priority DESC, id LIMIT ?2",
+        (session, to_i64(limit as u64)),
+    )
+}
+
+/// A run handed back a retry: the task (in `retry_wait` since the `retrying` event) waits
+/// without a run until `retry_at` (unix ms), with `failed_attempts` so far. Returns whether
+/// it was still in `retry_wait`.
+pub fn park(
+    conn: &Connection,
+    id: u64,
+    retry_at: i64,
+    failed_attempts: u32,
+) -> Result<bool, StoreError> {
+    let changed = exec(
+        conn,
+        "UPDATE tasks SET retry_at = ?2, failed_attempts = ?3 \
+         WHERE id = ?1 AND state = 'retry_wait'",
+        (to_i64(id), retry_at, i64::from(failed_attempts)),
+    )?;
+    Ok(changed == 1)
+}
+
+/// Moves a parked task (see [`park`]) to `to`. Returns whether it was parked: a task in
+/// `retry_wait` whose run has not ended yet is not.
+pub fn unpark(conn: &Connection, id: u64, to: TaskState) -> Result<bool, StoreError> {
+    let changed = exec(
+        conn,
+        "UPDATE tasks SET state = ?2, error = NULL, retry_at = NULL, updated_at = ?3 \
+         WHERE id = ?1 AND state = 'retry_wait' AND retry_at IS NOT NULL",
+        (to_i64(id), to.name(), now()),
+    )?;
+    Ok(changed == 1)
+}
+
+/// Forgets the attempts that failed so far (a user's resume starts the backoff afresh).
+pub fn forget_failed_attempts(conn: &Connection, id: u64) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "UPDATE tasks SET failed_attempts = 0 WHERE id = ?1",
+        [to_i64(id)],
+    )?;
+    Ok(())
+}
+
 /// Moves a task to `to` only if its state is one of `from` (a stale caller cannot overwrite
-/// a newer state). Returns whether it moved.
+/// a newer state). Returns whether it moved. Any move ends a wait without a run
+/// (`retry_at` is cleared): only [`park`] sets it.
 pub fn transition(
     conn: &Connection,
     id: u64,
@@ -399,8 +461,8 @@ pub fn transition(
         "NULL"
     };
     let sql = format!(
-        "UPDATE tasks SET state = ?1, error = ?2, updated_at = ?3, completed_at = {completed} \
-         WHERE id = ?4 AND state IN ({})",
+        "UPDATE tasks SET state = ?1, error = ?2, updated_at = ?3, completed_at = {completed}, \
+         retry_at = NULL WHERE id = ?4 AND state IN ({})",
         (0..names.len())
             .map(|i| format!("?{}", i + 5))
             .collect::<Vec<_>>()

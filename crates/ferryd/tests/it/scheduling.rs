@@ -713,3 +713,138 @@ async fn a_task_given_a_new_url_keeps_its_slot() {
         "the younger task did not take the slot"
     );
 }
+
+/// SPEC §4/§11: a task waiting out a retry holds no slot — a server that answers 503 with a
+/// long `Retry-After` does not block the queue behind it — and it waits without a run until
+/// it is due: through a suspend and resume, and across a daemon restart, which does not
+/// retry it early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_waiting_out_a_retry_gives_its_slot_to_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let home = dir.path().join("home");
+    let env = [("FERRY_MAX_RUNNING", "1")];
+    let mut daemon = Daemon::start_env(&home, 200, &env).await;
+    let mut c = daemon.client().await;
+    // Always 503, "come back in 120 s": longer than the test's patience.
+    let busy = server.url("/bytes/100?seed=61&status=503&retry_after=120");
+    let busy = c
+        .create("q", download(busy, Some(&dir.path().join("busy"))))
+        .await;
+    let retry_wait = TaskState::Running {
+        phase: RunPhase::RetryWait,
+    };
+    let busy_requests = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.query.contains("seed=61"))
+            .count()
+    };
+    crate::fixture::wait_until(|| {
+        let socket = daemon.socket();
+        async move {
+            let mut c = crate::fixture::Client::connect(&socket).await;
+            c.task(busy.id).await.state == retry_wait
+        }
+    })
+    .await;
+
+    // The only slot is free: the next task runs at once.
+    let out = dir.path().join("next");
+    let next = c
+        .create("q", download(server.url("/bytes/2000?seed=62"), Some(&out)))
+        .await;
+    let done = wait_completed(&mut c, next.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), content(62, 0, 2000));
+    assert_eq!(c.task(busy.id).await.state, retry_wait);
+    assert_eq!(busy_requests(), 1, "not retried before it is due");
+
+    // Suspended while it waits, it pauses; resumed, it tries again at once.
+    c.request(ferry_proto::Request::Suspend { task: busy.id })
+        .await
+        .unwrap();
+    assert_eq!(c.task(busy.id).await.state, TaskState::Suspended);
+    c.request(ferry_proto::Request::Resume { task: busy.id })
+        .await
+        .unwrap();
+    crate::fixture::wait_until(|| async { busy_requests() == 2 }).await;
+    crate::fixture::wait_until(|| {
+        let socket = daemon.socket();
+        async move {
+            let mut c = crate::fixture::Client::connect(&socket).await;
+            c.task(busy.id).await.state == retry_wait
+        }
+    })
+    .await;
+
+    // A restart keeps it waiting for its time, while other tasks run.
+    drop(c);
+    daemon.terminate();
+    let daemon = Daemon::start_env(&home, 200, &env).await;
+    let mut c = daemon.client().await;
+    let after = c
+        .create(
+            "q",
+            download(server.url("/bytes/10?seed=63"), Some(&dir.path().join("a"))),
+        )
+        .await;
+    wait_completed(&mut c, after.id).await;
+    assert_eq!(c.task(busy.id).await.state, retry_wait);
+    assert_eq!(busy_requests(), 2, "the restart did not retry it early");
+
+    c.request(ferry_proto::Request::Cancel { task: busy.id })
+        .await
+        .unwrap();
+    assert_eq!(
+        c.task(busy.id).await.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Cancelled
+        }
+    );
+}
+
+/// The runs of a task that waits out its retries count its attempts on: the second
+/// `retrying` is attempt 2, so the backoff grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_count_on_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    c.attach("r").await.unwrap();
+    let out = dir.path().join("f");
+    let task = c
+        .create(
+            "r",
+            download(
+                server.url("/bytes/5000?seed=64&status=503&fail_times=2"),
+                Some(&out),
+            ),
+        )
+        .await;
+    let mut attempts = Vec::new();
+    loop {
+        let e = c.next_journaled().await;
+        match e.event {
+            ferry_proto::Event::Retrying { attempt, .. } => attempts.push(attempt),
+            ferry_proto::Event::Completed { outcome, .. } => {
+                assert!(
+                    matches!(outcome, ferry_proto::Outcome::Succeeded),
+                    "{outcome:?}"
+                );
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(attempts, [1, 2]);
+    assert_eq!(std::fs::read(&out).unwrap(), content(64, 0, 5000));
+    assert_eq!(c.task(task.id).await.error, None);
+}

@@ -434,9 +434,9 @@ async fn client_killed_mid_upload_the_upload_continues() {
     );
 }
 
-/// An upload cancelled while it waits to retry after a 503 leaves no reply behind, and a
-/// reply file nothing names is deleted by the sweep when the daemon starts; a reply still
-/// named by its task stays.
+/// An upload waiting to retry after a 503 keeps no reply (no event names it, and its run
+/// has ended), nor does it after a cancel; a reply file nothing names is deleted by the
+/// sweep when the daemon starts; a reply still named by its task stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_reply_file_outlives_what_names_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -454,14 +454,14 @@ async fn no_reply_file_outlives_what_names_it() {
     let waiting = daemon.home.join(format!("replies/{}.reply", task.id));
     let socket = daemon.socket();
     wait_until(|| {
-        let socket = socket.clone();
+        let (socket, waiting) = (socket.clone(), waiting.clone());
         async move {
             let t = Client::connect(&socket).await.task(task.id).await;
-            t.state.name() == "retry_wait"
+            // The 503's reply goes when the run ends to wait out the retry.
+            t.state.name() == "retry_wait" && !waiting.exists()
         }
     })
     .await;
-    assert!(waiting.exists(), "the 503's reply is there while it waits");
     c.request(ferry_proto::Request::Cancel { task: task.id })
         .await
         .unwrap();
