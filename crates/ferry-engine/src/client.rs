@@ -62,12 +62,15 @@ impl ProxyConfig {
 }
 
 /// Settings of the client every transfer of an engine shares.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientConfig {
     /// Proxies; [`ProxyConfig::from_env`] by default.
     pub proxy: ProxyConfig,
     /// Extra trusted root certificates (PEM), besides the system's.
     pub extra_roots_pem: Vec<Vec<u8>>,
+    /// The client's identity for mutual TLS: a PEM holding its private key and certificate
+    /// chain, sent when a server asks for one.
+    pub client_identity_pem: Option<Vec<u8>>,
     /// `User-Agent` header.
     pub user_agent: String,
     /// Time allowed to establish a connection (part of the request timeout's job).
@@ -79,9 +82,89 @@ impl Default for ClientConfig {
         ClientConfig {
             proxy: ProxyConfig::from_env(),
             extra_roots_pem: Vec::new(),
+            client_identity_pem: None,
             user_agent: concat!("ferry/", env!("CARGO_PKG_VERSION")).to_owned(),
             connect_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl std::fmt::Debug for ClientConfig {
+    // The identity holds a private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("proxy", &self.proxy)
+            .field("extra_roots_pem", &self.extra_roots_pem.len())
+            .field("client_identity_pem", &self.client_identity_pem.is_some())
+            .field("user_agent", &self.user_agent)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// The TLS material a session names by path (SPEC §4: extra roots, a client identity), read
+/// from its files: what an [`crate::Engine`] for that session is built with, and the key
+/// under which one is kept.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsFiles {
+    /// The contents of each root certificates file (PEM).
+    pub extra_roots_pem: Vec<Vec<u8>>,
+    /// The contents of the identity file (PEM: private key and certificate chain).
+    pub client_identity_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("extra_roots_pem", &self.extra_roots_pem.len())
+            .field("client_identity_pem", &self.client_identity_pem.is_some())
+            .finish()
+    }
+}
+
+impl TlsFiles {
+    /// Reads the files.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] naming a file that cannot be read.
+    pub fn read(
+        extra_roots: &[impl AsRef<std::path::Path>],
+        client_identity: Option<&std::path::Path>,
+    ) -> Result<TlsFiles, Error> {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Config(format!("cannot read the {what} {}", path.display())),
+                    e,
+                )
+            })
+        };
+        Ok(TlsFiles {
+            extra_roots_pem: extra_roots
+                .iter()
+                .map(|p| read(p.as_ref(), "root certificates file"))
+                .collect::<Result<_, _>>()?,
+            client_identity_pem: client_identity
+                .map(|p| read(p, "client identity file"))
+                .transpose()?,
+        })
+    }
+
+    /// Nothing to add to the system's roots, and no identity.
+    pub fn is_empty(&self) -> bool {
+        self.extra_roots_pem.is_empty() && self.client_identity_pem.is_none()
+    }
+
+    /// `base` with this material added.
+    pub fn apply(&self, base: &ClientConfig) -> ClientConfig {
+        let mut config = base.clone();
+        config
+            .extra_roots_pem
+            .extend(self.extra_roots_pem.iter().cloned());
+        config
+            .client_identity_pem
+            .clone_from(&self.client_identity_pem);
+        config
     }
 }
 
@@ -125,6 +208,19 @@ pub(crate) fn build(config: &ClientConfig) -> Result<reqwest::Client, Error> {
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
+    }
+    if let Some(pem) = &config.client_identity_pem {
+        let identity = reqwest::Identity::from_pem(pem).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Config(
+                    "unusable client identity (a PEM with the private key and its certificate \
+                     chain is needed)"
+                        .into(),
+                ),
+                e,
+            )
+        })?;
+        builder = builder.identity(identity);
     }
     builder
         .build()

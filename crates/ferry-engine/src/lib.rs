@@ -53,10 +53,10 @@ pub use http;
 
 pub use checkpoint::{Checkpoint, Segment, Validators};
 pub use checksum::{Algorithm, Checksum, Hasher};
-pub use client::{ClientConfig, ProxyConfig};
+pub use client::{ClientConfig, ProxyConfig, TlsFiles};
 pub use download::{
     DEFAULT_CHECKPOINT_BYTES, Destination, DownloadSpec, Downloaded, Engine, Event, Failure,
-    MAX_REDIRECTS, Observer, Redirect, layered_headers, parse_url,
+    MAX_REDIRECTS, Observer, Redirect, add_user_agent, layered_headers, parse_url,
 };
 pub use error::{Error, ErrorKind, display_chain};
 pub use meter::RateMeter;

@@ -14,6 +14,14 @@ pub struct RetryPolicy {
     /// Consecutive failed attempts after which the task fails; `None`: until the resource
     /// timeout. Attempts count again from zero once bytes flow.
     pub max_attempts: Option<u32>,
+    /// Retry when the host cannot be reached ([`crate::ErrorKind::Connection`]: name
+    /// resolution, connection or TLS set-up failed); `false` fails at once.
+    #[serde(default = "waits_by_default")]
+    pub waits_for_connectivity: bool,
+}
+
+fn waits_by_default() -> bool {
+    true
 }
 
 impl Default for RetryPolicy {
@@ -22,16 +30,36 @@ impl Default for RetryPolicy {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(600),
             max_attempts: None,
+            waits_for_connectivity: true,
         }
     }
 }
 
 impl RetryPolicy {
+    /// A policy from a session's settings in milliseconds (SPEC §4 `retry`,
+    /// `waits_for_connectivity`).
+    pub fn from_millis(
+        initial_ms: u64,
+        max_ms: u64,
+        max_attempts: Option<u32>,
+        waits_for_connectivity: bool,
+    ) -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_millis(initial_ms),
+            max: Duration::from_millis(max_ms),
+            max_attempts,
+            waits_for_connectivity,
+        }
+    }
+
     /// After failed attempt number `attempt` (1-based) with `error`: the delay before the next
-    /// attempt, or `None` when the error is permanent or the attempts are used up.
+    /// attempt, or `None` when the error is permanent, the host is unreachable and the policy
+    /// does not wait for connectivity, or the attempts are used up.
     pub(crate) fn after_failure(&self, attempt: u32, error: &crate::Error) -> Option<Duration> {
         let exhausted = self.max_attempts.is_some_and(|max| attempt >= max);
-        (error.is_transient() && !exhausted).then(|| self.delay(attempt, error.retry_after()))
+        let unreachable = matches!(error.kind(), crate::ErrorKind::Connection { .. });
+        let retried = error.is_transient() && (self.waits_for_connectivity || !unreachable);
+        (retried && !exhausted).then(|| self.delay(attempt, error.retry_after()))
     }
 
     /// The delay before retry number `attempt` (1-based): `initial × 2^(attempt-1)`, capped,
@@ -81,6 +109,7 @@ mod tests {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(10),
             max_attempts: Some(3),
+            ..RetryPolicy::default()
         };
         let status = |code| {
             Error::from(ErrorKind::HttpStatus {
@@ -101,6 +130,24 @@ mod tests {
             ..policy
         };
         assert!(unlimited.after_failure(1000, &status(503)).is_some());
+
+        let unreachable = Error::from(ErrorKind::Connection {
+            host: "example.com".into(),
+        });
+        assert!(unlimited.after_failure(1, &unreachable).is_some());
+        let no_wait = RetryPolicy {
+            waits_for_connectivity: false,
+            ..unlimited
+        };
+        assert_eq!(
+            no_wait.after_failure(1, &unreachable),
+            None,
+            "an unreachable host fails at once"
+        );
+        assert!(
+            no_wait.after_failure(1, &status(503)).is_some(),
+            "others retry"
+        );
     }
 
     #[test]
@@ -109,6 +156,7 @@ mod tests {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(10),
             max_attempts: None,
+            ..RetryPolicy::default()
         };
         for _ in 0..100 {
             let d1 = policy.delay(1, None);

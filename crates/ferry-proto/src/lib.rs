@@ -38,4 +38,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 ///
 /// - 0: the protocol as first published (daemons before revisions send none).
 /// - 1: `get_tasks`, the tombstones of removed tasks, `set_rate_limit`.
-pub const PROTOCOL_REVISION: u32 = 1;
+/// - 2: the session options `retry`, `waits_for_connectivity`, `user_agent`,
+///   `allow_insecure_redirects` and `tls` (a daemon before them ignores them, so a client
+///   must not attach with any of them set to other than its default).
+pub const PROTOCOL_REVISION: u32 = 2;

@@ -427,6 +427,93 @@ pub struct SessionConfig {
     /// Seconds before the launch command runs again if the events are still undelivered;
     /// doubles each time, up to an hour.
     pub launch_retry_secs: u64,
+    /// How transient failures are retried.
+    pub retry: RetryConfig,
+    /// A host that cannot be reached (name resolution, connection or TLS set-up failed):
+    /// wait and retry (`true`), or fail the task at once with `connection`.
+    pub waits_for_connectivity: bool,
+    /// `User-Agent` of the session's requests (absent: ferry's). A `User-Agent` in the
+    /// session's or a task's headers wins.
+    pub user_agent: Option<String>,
+    /// Follow a redirect from `https` to `http` (refused with `insecure_redirect` unless set).
+    pub allow_insecure_redirects: bool,
+    /// Certificates besides the system's.
+    pub tls: TlsConfig,
+}
+
+/// How a session retries transient failures (SPEC §4 `retry`): exponential backoff with
+/// jitter from `initial_ms`, doubling up to `max_ms`; a server's `Retry-After` replaces the
+/// computed delay (capped at `max_ms`). Attempts count again from zero once bytes flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetryConfig {
+    /// Milliseconds before the first retry.
+    pub initial_ms: u64,
+    /// Longest wait between two attempts, in milliseconds.
+    pub max_ms: u64,
+    /// Failed attempts in a row after which the task fails (absent: retry until the resource
+    /// timeout).
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> RetryConfig {
+        RetryConfig {
+            initial_ms: 1_000,
+            max_ms: 600_000,
+            max_attempts: None,
+        }
+    }
+}
+
+/// A session's TLS settings (SPEC §4): verification is always on; these add trust and an
+/// identity. Files are read by whoever runs the transfers (the daemon, as the same user) when
+/// the session is attached and again when each transfer starts, so a renewed certificate is
+/// picked up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// Paths of PEM files of root certificates to trust besides the system's.
+    pub extra_roots: Vec<String>,
+    /// Path of a PEM file holding the client's private key and its certificate chain, sent
+    /// when a server asks for one (mutual TLS).
+    pub client_identity: Option<String>,
+}
+
+impl SessionConfig {
+    /// Refuses numbers that could only make the session's tasks hang or fail: no slot, a
+    /// retry policy that makes no sense. (Headers, the user agent and TLS files are checked
+    /// by whoever sends the requests.)
+    ///
+    /// # Errors
+    /// `invalid_request`, naming the option.
+    pub fn check(&self) -> Result<(), ErrorInfo> {
+        let invalid = |m: &str| Err(ErrorInfo::new("invalid_request", m));
+        if self.max_concurrent == 0 || self.max_per_host == 0 {
+            return invalid("max_concurrent and max_per_host must be at least 1");
+        }
+        let retry = &self.retry;
+        if retry.initial_ms == 0 || retry.initial_ms > retry.max_ms {
+            return invalid("retry.initial_ms must be at least 1 and at most retry.max_ms");
+        }
+        if retry.max_attempts == Some(0) {
+            return invalid("retry.max_attempts must be at least 1 (or absent: no limit)");
+        }
+        Ok(())
+    }
+
+    /// The protocol revision this configuration needs ([`crate::PROTOCOL_REVISION`]): the
+    /// one that added the newest option it sets to other than its default. An older daemon
+    /// would ignore such an option, not refuse it.
+    pub fn revision(&self) -> u32 {
+        let default = SessionConfig::default();
+        let revision_2 = self.retry != default.retry
+            || self.waits_for_connectivity != default.waits_for_connectivity
+            || self.user_agent != default.user_agent
+            || self.allow_insecure_redirects != default.allow_insecure_redirects
+            || self.tls != default.tls;
+        if revision_2 { 2 } else { 0 }
+    }
 }
 
 impl Default for SessionConfig {
@@ -444,6 +531,11 @@ impl Default for SessionConfig {
             group_max_concurrent: None,
             launch_command: None,
             launch_retry_secs: 30,
+            retry: RetryConfig::default(),
+            waits_for_connectivity: true,
+            user_agent: None,
+            allow_insecure_redirects: false,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -842,6 +934,7 @@ impl Request {
     pub fn revision(&self) -> u32 {
         match self {
             Request::GetTasks { .. } | Request::SetRateLimit { .. } => 1,
+            Request::Attach { config, .. } => config.revision(),
             _ => 0,
         }
     }

@@ -86,6 +86,7 @@ pub struct TestServer {
     addr: SocketAddr,
     tls: bool,
     cert_pem: Option<String>,
+    client_identity_pem: Option<String>,
     shared: Arc<Shared>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -103,15 +104,30 @@ impl TestServer {
         Self::start_on((Ipv4Addr::LOCALHOST, 0).into(), true)
     }
 
+    /// As [`Self::start_tls`], but the TLS handshake needs a client certificate signed by a
+    /// CA made for this server (mutual TLS); [`Self::client_identity_pem`] is one.
+    pub fn start_mutual_tls() -> io::Result<TestServer> {
+        let (acceptor, pem, identity) = tls::mutual_acceptor()?;
+        let mut server = Self::serve((Ipv4Addr::LOCALHOST, 0).into(), Some((acceptor, pem)))?;
+        server.client_identity_pem = Some(identity);
+        Ok(server)
+    }
+
     /// Binds `addr` and starts serving, plain or TLS.
     pub fn start_on(addr: SocketAddr, tls: bool) -> io::Result<TestServer> {
-        let (acceptor, cert_pem) = match tls {
-            true => {
-                let (acceptor, pem) = tls::self_signed_acceptor()?;
-                (Some(acceptor), Some(pem))
-            }
-            false => (None, None),
+        let tls = match tls {
+            true => Some(tls::self_signed_acceptor()?),
+            false => None,
         };
+        Self::serve(addr, tls)
+    }
+
+    fn serve(
+        addr: SocketAddr,
+        tls: Option<(tokio_rustls::TlsAcceptor, String)>,
+    ) -> io::Result<TestServer> {
+        let (acceptor, cert_pem) = tls.map_or((None, None), |(a, p)| (Some(a), Some(p)));
+        let tls = acceptor.is_some();
 
         // Bind synchronously so that bind errors reach the caller and the port is
         // known (and accepting) before `start_on` returns.
@@ -150,6 +166,7 @@ impl TestServer {
             addr,
             tls,
             cert_pem,
+            client_identity_pem: None,
             shared,
             shutdown: Some(shutdown_tx),
             thread: Some(thread),
@@ -171,6 +188,12 @@ impl TestServer {
     /// PEM of the self-signed certificate (TLS servers only).
     pub fn cert_pem(&self) -> Option<String> {
         self.cert_pem.clone()
+    }
+
+    /// A client identity the server accepts (mutual TLS servers only): PEM of the private
+    /// key, then the certificate.
+    pub fn client_identity_pem(&self) -> Option<String> {
+        self.client_identity_pem.clone()
     }
 
     /// Every request seen so far, in arrival order. Status and byte counts are a

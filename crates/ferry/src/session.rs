@@ -522,10 +522,60 @@ impl SessionBuilder {
         self
     }
 
-    /// Trusts this PEM root certificate too (in-process sessions; the daemon has its own
-    /// trust store).
+    /// Trusts this PEM root certificate too (in-process sessions only; for either kind,
+    /// [`SessionBuilder::trust_roots_file`]).
     pub fn add_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> SessionBuilder {
         self.extra_roots_pem.push(pem.into());
+        self
+    }
+
+    /// Trusts the root certificates in this PEM file too, besides the system's (read when the
+    /// session is opened and when each transfer starts).
+    pub fn trust_roots_file(mut self, path: impl Into<PathBuf>) -> SessionBuilder {
+        let path = path.into().to_string_lossy().into_owned();
+        self.config.tls.extra_roots.push(path);
+        self
+    }
+
+    /// Presents this identity to servers that ask for a client certificate (mutual TLS): a
+    /// PEM file with the private key and its certificate chain.
+    pub fn client_identity_file(mut self, path: impl Into<PathBuf>) -> SessionBuilder {
+        self.config.tls.client_identity = Some(path.into().to_string_lossy().into_owned());
+        self
+    }
+
+    /// The `User-Agent` of the session's requests (a `User-Agent` header wins).
+    pub fn user_agent(mut self, agent: impl Into<String>) -> SessionBuilder {
+        self.config.user_agent = Some(agent.into());
+        self
+    }
+
+    /// How transient failures are retried: backoff from `initial` doubling up to `max`, and
+    /// at most `max_attempts` failed attempts in a row (`None`: until the resource timeout).
+    pub fn retry(
+        mut self,
+        initial: Duration,
+        max: Duration,
+        max_attempts: Option<u32>,
+    ) -> SessionBuilder {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.config.retry = ferry_proto::RetryConfig {
+            initial_ms: ms(initial),
+            max_ms: ms(max),
+            max_attempts,
+        };
+        self
+    }
+
+    /// Whether an unreachable host is waited for (the default) or fails the task at once.
+    pub fn waits_for_connectivity(mut self, wait: bool) -> SessionBuilder {
+        self.config.waits_for_connectivity = wait;
+        self
+    }
+
+    /// Follows redirects from `https` to `http` (refused by default).
+    pub fn allow_insecure_redirects(mut self, allow: bool) -> SessionBuilder {
+        self.config.allow_insecure_redirects = allow;
         self
     }
 

@@ -180,6 +180,12 @@ async fn attach(
     take_over: bool,
 ) -> Result<(), ErrorInfo> {
     check_session(&session)?;
+    check_config(&config)?;
+    // The session's TLS files are read and parsed now, so that a bad one is refused here
+    // rather than failing each task (and the engine is ready for its first run).
+    ctx.scheduler
+        .engine_for(&config)
+        .map_err(|e| ErrorInfo::new("invalid_request", format!("tls: {}", e.message)))?;
     ctx.scheduler.configure_session(&session, &config);
     let (s, c) = (session.clone(), config);
     ctx.store
@@ -228,6 +234,13 @@ async fn attach(
         let _ = peer.outbound.send(ServerFrame::Event(frame));
     }
     Ok(())
+}
+
+/// Refuses a session configuration that could only make its tasks hang or fail: see
+/// [`SessionConfig::check`], and headers or a user agent that cannot be sent.
+fn check_config(config: &SessionConfig) -> Result<(), ErrorInfo> {
+    config.check()?;
+    crate::scheduler::session_headers(config).map(drop)
 }
 
 /// A store error of a request about a session: `unknown_session` when there is none.

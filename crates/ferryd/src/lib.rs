@@ -107,7 +107,7 @@ pub fn run(config: DaemonConfig) -> Result<()> {
 
 async fn serve(config: DaemonConfig, store: Arc<Store>, hub: Arc<Hub>) -> Result<()> {
     let layout = config.layout.clone();
-    let engine = ferry_engine::Engine::new(&ferry_engine::ClientConfig::default())?;
+    let engine = ferry_engine::Engine::new(&config.scheduler.client)?;
     let keeper = resume::Keeper::open(&layout)?.with_retention(config.retention.period);
     let scheduler = Arc::new(Scheduler::new(
         store.clone(),

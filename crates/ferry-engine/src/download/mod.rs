@@ -250,6 +250,18 @@ impl Engine {
         })
     }
 
+    /// An engine with its own client built from `config` (e.g. a session's TLS material),
+    /// sharing this one's folder syncs.
+    ///
+    /// # Errors
+    /// As [`Engine::new`], and for an unusable client identity.
+    pub fn with_client(&self, config: &ClientConfig) -> Result<Engine, Error> {
+        Ok(Engine {
+            client: client::build(config)?,
+            folders: self.folders.clone(),
+        })
+    }
+
     /// Runs a download to the end: placed file, permanent failure, cancellation or resource
     /// timeout. Progress goes to `progress`, events to `observer`.
     ///
@@ -356,6 +368,20 @@ pub fn layered_headers(mut session: HeaderMap, task: HeaderMap) -> HeaderMap {
     session
 }
 
+/// Adds `User-Agent: agent` to `headers` unless they have one (which then wins).
+///
+/// # Errors
+/// [`ErrorKind::Config`] when `agent` is not a valid header value.
+pub fn add_user_agent(headers: &mut HeaderMap, agent: &str) -> Result<(), Error> {
+    let value = http::HeaderValue::from_str(agent).map_err(|_| {
+        ErrorKind::Config(format!(
+            "user_agent {agent:?} is not a valid header value (control characters?)"
+        ))
+    })?;
+    headers.entry(http::header::USER_AGENT).or_insert(value);
+    Ok(())
+}
+
 /// Removes the headers that carry credentials: they are never sent to another origin than
 /// the one they were given for (SPEC §9).
 pub(crate) fn drop_credentials(headers: &mut HeaderMap) {
@@ -377,12 +403,11 @@ pub(crate) async fn resource_deadline(timeout: Option<Duration>) {
     }
 }
 
-/// `delay`, but no later than the resource timeout's end (`ends_at`): a run that hands back
-/// its retry then fails `timed_out` at once, as a run waiting in place would.
-pub(crate) fn until_end(delay: Duration, ends_at: Option<tokio::time::Instant>) -> Duration {
-    ends_at.map_or(delay, |end| {
-        delay.min(end.saturating_duration_since(tokio::time::Instant::now()))
-    })
+/// Whether an attempt `delay` from now would come at or after the resource timeout's end
+/// (`ends_at`): a run that would hand back its retry fails `timed_out` instead, as a run
+/// waiting in place would at that end.
+pub(crate) fn past_end(delay: Duration, ends_at: Option<tokio::time::Instant>) -> bool {
+    ends_at.is_some_and(|end| delay >= end.saturating_duration_since(tokio::time::Instant::now()))
 }
 
 fn check_scheme(url: &Url, text: &str) -> Result<(), Error> {

@@ -12,9 +12,9 @@ use http::header::{self, HeaderValue};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use super::past_end;
 use super::request::{content_range, is_chunked, range_header};
 use super::segments::SegmentMap;
-use super::until_end;
 use super::{
     Destination, DownloadSpec, Downloaded, Event, Failure, Observer, Redirect, resource_deadline,
 };
@@ -192,6 +192,10 @@ impl<'a> Transfer<'a> {
             let Some(delay) = self.spec.retry.after_failure(failed_attempts, &error) else {
                 return Err(self.fail(error).await);
             };
+            if self.spec.hand_back_retries && past_end(delay, ends_at) {
+                // The next attempt would come after the resource timeout.
+                return Err(self.fail(timed_out()).await);
+            }
             tracing::info!(error = %error, attempt = failed_attempts, ?delay, "retrying");
             self.observer.on_event(Event::Retrying {
                 attempt: failed_attempts,
@@ -202,7 +206,7 @@ impl<'a> Transfer<'a> {
             if self.spec.hand_back_retries {
                 let retry = Some(RetryLater {
                     attempt: failed_attempts,
-                    delay: until_end(delay, ends_at),
+                    delay,
                 });
                 return Err(Failure {
                     error,

@@ -18,7 +18,7 @@ use url::Url;
 use super::body::{self, BoxError, ErrorSlot, Sources};
 use super::{ServerReply, UploadBody, UploadFailure, UploadSpec, Uploaded, invalid};
 use crate::download::request::classify;
-use crate::download::{Event, Observer, Redirect, redirect_target, resource_deadline, until_end};
+use crate::download::{Event, Observer, Redirect, past_end, redirect_target, resource_deadline};
 use crate::error::{Error, ErrorKind};
 use crate::progress::Progress;
 use crate::retry::{RetryLater, parse_retry_after};
@@ -96,6 +96,10 @@ impl<'a> Upload<'a> {
             let Some(delay) = self.spec.retry.after_failure(failed_attempts, &error) else {
                 return Err(self.fail(error).await);
             };
+            if self.spec.hand_back_retries && past_end(delay, ends_at) {
+                // The next attempt would come after the resource timeout.
+                return Err(self.fail(timed_out()).await);
+            }
             tracing::info!(error = %error, attempt = failed_attempts, ?delay, "retrying upload");
             self.observer.on_event(Event::Retrying {
                 attempt: failed_attempts,
@@ -106,7 +110,7 @@ impl<'a> Upload<'a> {
                 let mut failure = self.fail(error).await;
                 failure.retry = Some(RetryLater {
                     attempt: failed_attempts,
-                    delay: until_end(delay, ends_at),
+                    delay,
                 });
                 return Err(failure);
             }

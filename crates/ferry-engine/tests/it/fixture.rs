@@ -124,6 +124,7 @@ impl Env {
             initial: Duration::from_millis(20),
             max: Duration::from_millis(200),
             max_attempts: Some(5),
+            ..RetryPolicy::default()
         };
         spec.request_timeout = Duration::from_secs(10);
         spec

@@ -209,21 +209,27 @@ impl Client {
 async fn call(shared: &Shared, request: Request) -> Result<Response, Error> {
     let link = live_link(shared).await?;
     // An older daemon still running after an upgrade would close the connection on it.
-    if request.revision() > link.revision {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            "unsupported",
-            format!(
-                "the running ferryd (pid {}) is older than this request (protocol revision {} \
-                 < {}): restart it (`ferry daemon stop`; the next command starts the new one)",
-                link.daemon_pid,
-                link.revision,
-                request.revision()
-            ),
-        ));
-    }
+    check_revision(&request, link.daemon_pid, link.revision)?;
     let answer = send_request(shared, &link, request)?;
     answer_of(&link, answer).await
+}
+
+/// Refuses `request` when the daemon (`pid`, of protocol `revision`) is older than it: such a
+/// daemon would close the connection on it, or ignore a session option it does not know.
+fn check_revision(request: &Request, pid: u32, revision: u32) -> Result<(), Error> {
+    if request.revision() <= revision {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Unsupported,
+        "unsupported",
+        format!(
+            "the running ferryd (pid {pid}) is older than this request (protocol revision \
+             {revision} < {}): restart it (`ferry daemon stop`; the next command starts the \
+             new one)",
+            request.revision()
+        ),
+    ))
 }
 
 /// Queues `request` on `link`; its answer comes on the returned channel.
@@ -442,6 +448,7 @@ async fn establish(shared: &Arc<Shared>, reconnect: bool) -> Result<OwnedReadHal
             config: attach.config.clone(),
             take_over: attach.take_over,
         };
+        check_revision(&request, daemon_pid, revision)?;
         write_frame(&mut writer, &ClientFrame::Request { id, request })
             .await
             .map_err(frame_error)?;
@@ -748,6 +755,40 @@ mod tests {
         assert_eq!(err.code(), "unsupported", "{err}");
         assert!(err.to_string().contains("restart it"), "{err}");
         drop(daemon);
+        script.await.unwrap();
+    }
+
+    /// A session whose configuration sets an option an older daemon does not know (it would
+    /// ignore it) is refused before its attach is sent.
+    #[tokio::test]
+    async fn an_option_an_older_daemon_would_ignore_is_refused() {
+        let home = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(home.path().join("ferryd.sock")).unwrap();
+        let script = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut reader, mut writer) = stream.into_split();
+            let _hello: ClientFrame = read_frame(&mut reader).await.unwrap();
+            let welcome = ServerFrame::Welcome {
+                protocol: PROTOCOL_VERSION,
+                daemon_version: "older".into(),
+                pid: std::process::id(),
+                revision: 1,
+            };
+            write_frame(&mut writer, &welcome).await.unwrap();
+            let next = read_frame::<ClientFrame>(&mut reader).await;
+            assert!(next.is_err(), "sent to an older daemon: {next:?}");
+        });
+        let opened = Session::background("s")
+            .home(home.path())
+            .daemon_program(home.path().join("no-ferryd"))
+            .user_agent("App/1")
+            .open()
+            .await;
+        let Err(err) = opened else {
+            panic!("attached to an older daemon with an option it would ignore");
+        };
+        assert_eq!(err.code(), "unsupported", "{err}");
+        assert!(err.to_string().contains("restart it"), "{err}");
         script.await.unwrap();
     }
 

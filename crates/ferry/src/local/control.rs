@@ -175,8 +175,10 @@ impl Shared {
             task.request.url.clone_from(&url);
             task.info.url = url;
             task.info.current_url = None;
+            // A fresh start: attempts count from zero, and a task waiting out a retry
+            // (perhaps the old URL's) tries the new one now.
+            task.failed_attempts = 0;
             if task.is_parked() {
-                // Waiting out a retry (perhaps the old URL's): try the new one now.
                 task.unpark(WAITING);
             }
             task.run.as_mut().map(|run| run.stop(Stop::NewUrl))

@@ -72,13 +72,17 @@ impl Runtime {
         events: UnboundedSender<EventFrame>,
     ) -> Result<Runtime, ErrorInfo> {
         validate::session_id(&session)?;
+        config.check()?;
+        validate::session_headers(&config)?;
+        let client = validate::session_client(&config, client)?;
         let tokio = tokio::runtime::Handle::try_current().map_err(|_| {
             ErrorInfo::new(
                 "internal",
                 "an in-process session must be created inside a tokio runtime",
             )
         })?;
-        let engine = Engine::new(client).map_err(|e| validate::error_info(&e))?;
+        let engine = Engine::new(&client)
+            .map_err(|e| ErrorInfo::new("invalid_request", format!("tls: {}", e)))?;
         let folder_error = |e: std::io::Error| {
             ErrorInfo::new(
                 "internal",

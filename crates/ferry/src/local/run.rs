@@ -183,14 +183,15 @@ impl Shared {
             Ok(finished) => record_success(&mut state, &self.folder.inbox(), id, finished),
             // A stop decides, also over a retry handed back as it came.
             Err(failure) => match (stop, stopped_run(&failure.error, failure.retry)) {
+                // A preemption would only have it wait again: it waits out the retry.
+                (None | Some(Stop::Preempt), _) if failure.retry.is_some() => {
+                    park(task, failure.retry);
+                    keep_checkpoint(task, failure.checkpoint);
+                }
                 (Some(Stop::Cancel { reason, keep }), true) => {
                     self.cancel_locked(&mut state, id, reason, keep, failure.checkpoint);
                 }
                 (Some(stop), true) => pause(task, stop, failure),
-                (None, _) if failure.retry.is_some() => {
-                    park(task, failure.retry);
-                    keep_checkpoint(task, failure.checkpoint);
-                }
                 _ => self.record_failure(&mut state, id, failure, staging),
             },
         }
@@ -231,6 +232,12 @@ impl Shared {
             Err(failure) => failure,
         };
         match (stop, stopped_run(&failure.error, failure.retry)) {
+            (None | Some(Stop::Preempt), _) if failure.retry.is_some() => {
+                // The next run sends from byte zero, and no event names this reply.
+                park(task, failure.retry);
+                task.info.bytes_done = 0;
+                remove_quietly(reply_path);
+            }
             (Some(Stop::Cancel { reason, keep }), true) => {
                 self.cancel_locked(&mut state, id, reason, keep, None);
                 remove_quietly(reply_path);
@@ -241,12 +248,6 @@ impl Shared {
                 } else {
                     WAITING
                 };
-                task.info.bytes_done = 0;
-                remove_quietly(reply_path);
-            }
-            (None, _) if failure.retry.is_some() => {
-                // The next run sends from byte zero, and no event names this reply.
-                park(task, failure.retry);
                 task.info.bytes_done = 0;
                 remove_quietly(reply_path);
             }

@@ -232,9 +232,11 @@ impl Shared {
         let mut spec = DownloadSpec::new(&request.url, self.folder.staging(id), destination);
         spec.conflict = conflict;
         spec.headers = ferry_engine::layered_headers(
-            validate::headers(self.config.headers.0.iter())?,
+            validate::session_headers(&self.config)?,
             validate::headers(request.headers.0.iter())?,
         );
+        spec.retry = self.retry_policy();
+        spec.allow_insecure_redirects = self.config.allow_insecure_redirects;
         spec.checksum = request
             .checksum
             .as_deref()
@@ -275,9 +277,11 @@ impl Shared {
         let mut spec = UploadSpec::new(&request.url, upload.body.clone(), self.folder.reply(id));
         spec.method = upload.method;
         spec.headers = ferry_engine::layered_headers(
-            validate::headers(self.config.headers.0.iter())?,
+            validate::session_headers(&self.config)?,
             validate::headers(request.headers.0.iter())?,
         );
+        spec.retry = self.retry_policy();
+        spec.allow_insecure_redirects = self.config.allow_insecure_redirects;
         spec.limits = self.limits(task);
         spec.request_timeout = self.request_timeout();
         spec.resource_timeout = Some(self.resource_timeout_left(task));
@@ -292,6 +296,16 @@ impl Shared {
         Limits::none()
             .with(self.session_limit.clone())
             .with(task.limit.clone())
+    }
+
+    fn retry_policy(&self) -> ferry_engine::RetryPolicy {
+        let retry = &self.config.retry;
+        ferry_engine::RetryPolicy::from_millis(
+            retry.initial_ms,
+            retry.max_ms,
+            retry.max_attempts,
+            self.config.waits_for_connectivity,
+        )
     }
 
     fn request_timeout(&self) -> Duration {

@@ -1118,6 +1118,82 @@ async fn a_task_waiting_out_a_retry_gives_its_slot_to_the_next() {
     assert_eq!(std::fs::read(f.path("twice")).unwrap(), content(18, 0, 500));
 }
 
+/// The session options the daemon applies (SPEC §4), in process too: user agent, retry
+/// policy, waiting for connectivity, extra TLS roots; a configuration that cannot work is
+/// refused when the session is made.
+#[tokio::test(flavor = "multi_thread")]
+async fn session_options_apply_in_process_too() {
+    let tls = TestServer::start_tls().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let roots = dir.path().join("roots.pem");
+    std::fs::write(&roots, tls.cert_pem().unwrap()).unwrap();
+    let mut f = fixture(SessionConfig {
+        user_agent: Some("Notes/3".into()),
+        retry: ferry_proto::RetryConfig {
+            initial_ms: 20,
+            max_ms: 40,
+            max_attempts: Some(2),
+        },
+        waits_for_connectivity: false,
+        tls: ferry_proto::TlsConfig {
+            extra_roots: vec![roots.display().to_string()],
+            client_identity: None,
+        },
+        ..SessionConfig::default()
+    });
+    let secure = DownloadRequest {
+        destination: Some(f.path("s.bin")),
+        ..request(tls.url("/bytes/2000?seed=19"))
+    };
+    let secure = f.create(secure).await.id;
+    let busy = f
+        .create(f.to_file("/bytes/10?seed=20&status=503", "busy"))
+        .await
+        .id;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gone = f
+        .create(request(format!("http://127.0.0.1:{port}/f")))
+        .await
+        .id;
+    f.until_completed(&[secure, busy, gone]).await;
+    assert_eq!(
+        std::fs::read(f.path("s.bin")).unwrap(),
+        content(19, 0, 2000)
+    );
+    assert_eq!(tls.requests()[0].header("user-agent"), Some("Notes/3"));
+    let busy = f.get(busy).await.unwrap();
+    assert_eq!(busy.error.unwrap().status, Some(503));
+    assert_eq!(f.server.requests().len(), 2, "max_attempts");
+    assert_eq!(f.get(gone).await.unwrap().error.unwrap().code, "connection");
+
+    let (tx, _events) = unbounded_channel();
+    let bad = SessionConfig {
+        retry: ferry_proto::RetryConfig {
+            initial_ms: 10,
+            max_ms: 5,
+            max_attempts: None,
+        },
+        ..SessionConfig::default()
+    };
+    let refused = Runtime::new(SESSION.into(), bad, &ClientConfig::default(), tx.clone());
+    assert!(refused.err().unwrap().message.contains("retry.initial_ms"));
+    let missing = SessionConfig {
+        tls: ferry_proto::TlsConfig {
+            extra_roots: vec![dir.path().join("none.pem").display().to_string()],
+            client_identity: None,
+        },
+        ..SessionConfig::default()
+    };
+    let refused = Runtime::new(SESSION.into(), missing, &ClientConfig::default(), tx);
+    let error = refused.err().unwrap();
+    assert_eq!(error.code, "invalid_request");
+    assert!(error.message.contains("none.pem"), "{}", error.message);
+}
+
 /// Every byte but letters and digits as `%XX`.
 fn encode(text: &str) -> String {
     text.bytes()

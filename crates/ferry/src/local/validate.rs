@@ -166,6 +166,28 @@ pub(super) fn headers<'a>(
     Ok(map)
 }
 
+/// The headers a session sends with every request: its `headers`, and its `user_agent`
+/// unless they name one (as the daemon builds them).
+pub(super) fn session_headers(config: &ferry_proto::SessionConfig) -> Result<HeaderMap, ErrorInfo> {
+    let mut map = headers(config.headers.0.iter())?;
+    if let Some(agent) = &config.user_agent {
+        ferry_engine::add_user_agent(&mut map, agent).map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(map)
+}
+
+/// The engine's client for a session: `client` with the session's TLS files (read now).
+pub(super) fn session_client(
+    config: &ferry_proto::SessionConfig,
+    client: &ferry_engine::ClientConfig,
+) -> Result<ferry_engine::ClientConfig, ErrorInfo> {
+    let tls = &config.tls;
+    let identity = tls.client_identity.as_deref().map(Path::new);
+    let files = ferry_engine::TlsFiles::read(&tls.extra_roots, identity)
+        .map_err(|e| invalid(format!("tls: {}", error_info(&e).message)))?;
+    Ok(files.apply(client))
+}
+
 /// The wire form of an engine error, with its cause chain (as the daemon reports it).
 pub(super) fn error_info(error: &ferry_engine::Error) -> ErrorInfo {
     ErrorInfo {

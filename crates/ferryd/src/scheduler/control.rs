@@ -9,15 +9,13 @@ impl Scheduler {
     pub async fn suspend(&self, task: u64) -> Result<(), ControlError> {
         // A run that ended as the stop came may have parked (waiting out a retry) instead
         // of pausing: the write after it suspends the task then. A task the scheduler
-        // starts meanwhile is caught on the next pass.
+        // starts meanwhile (again) is caught on the next pass.
+        let mut stopped = false;
         for _ in 0..3 {
-            let stopped = match self.stop_running(task, Stop::Suspend) {
-                Some(finished) => {
-                    finished.cancelled().await;
-                    true
-                }
-                None => false,
-            };
+            if let Some(finished) = self.stop_running(task, Stop::Suspend) {
+                finished.cancelled().await;
+                stopped = true;
+            }
             let moved = self
                 .store
                 .write(move |c| {
@@ -26,12 +24,11 @@ impl Scheduler {
                     Ok((moved, Vec::new()))
                 })
                 .await?;
-            if moved || stopped || !self.running().contains_key(&task) {
-                return if stopped {
-                    Ok(())
-                } else {
-                    self.refuse_unless(moved, task, "suspend", &[TaskState::Suspended])
-                };
+            if moved || (stopped && !self.running().contains_key(&task)) {
+                return Ok(());
+            }
+            if !self.running().contains_key(&task) {
+                return self.refuse_unless(false, task, "suspend", &[TaskState::Suspended]);
             }
         }
         self.refuse_unless(false, task, "suspend", &[TaskState::Suspended])
@@ -75,8 +72,8 @@ impl Scheduler {
         reason: CancelReason,
         keep: bool,
     ) -> Result<bool, StoreError> {
-        // A task the scheduler starts meanwhile is caught on the next pass; one whose run
-        // ended as the stop came and parked (waiting out a retry) by the write after it.
+        // A task the scheduler starts meanwhile (again) is caught on the next pass; one whose
+        // run ended as the stop came and parked (waiting out a retry) by the write after it.
         let mut stopped = false;
         for _ in 0..3 {
             if let Some(finished) = self.stop_running(task, Stop::Cancel { reason, keep }) {
@@ -120,7 +117,7 @@ impl Scheduler {
                 super::upload::discard_reply(&self.layout.reply(task));
                 return Ok(true);
             }
-            if stopped || !self.running().contains_key(&task) {
+            if !self.running().contains_key(&task) {
                 return Ok(stopped);
             }
         }
@@ -185,25 +182,35 @@ impl Scheduler {
     /// for the rest with `If-Range` against the validators of the bytes it has, and starts
     /// over if they no longer match.
     pub async fn update_url(&self, task: u64, url: String) -> Result<(), ControlError> {
-        let state = self
+        // A new URL is a fresh start: its attempts count from zero, and a task waiting out a
+        // retry (perhaps the old URL's) tries the new one now.
+        let fresh = move |c: &rusqlite::Connection| {
+            tasks::forget_failed_attempts(c, task)?;
+            tasks::unpark(c, task, WAITING)
+        };
+        let (state, unparked) = self
             .store
             .write(move |c| {
-                let checked = unfinished(c, task, "update the URL of")?;
-                if checked.is_ok() {
-                    tasks::set_url(c, task, &url)?;
-                    // Waiting out a retry (perhaps the old URL's): try the new one now.
-                    tasks::unpark(c, task, WAITING)?;
-                }
-                Ok((checked, Vec::new()))
+                let state = match unfinished(c, task, "update the URL of")? {
+                    Ok(state) => state,
+                    Err(refused) => return Ok((Err(refused), Vec::new())),
+                };
+                tasks::set_url(c, task, &url)?;
+                Ok((Ok((state, fresh(c)?)), Vec::new()))
             })
             .await?
             .map_err(ControlError::Refused)?;
         // A run started before that commit has the old URL; one started after has the new.
         // The stopped run's end points its checkpoint at the new URL (see `record_end`).
-        if ACTIVE.contains(&state)
+        if !unparked
+            && ACTIVE.contains(&state)
             && let Some(finished) = self.stop_running(task, Stop::Restart)
         {
             finished.cancelled().await;
+            // It may have parked as the stop came (see `suspend`).
+            self.store
+                .write(move |c| Ok((fresh(c)?, Vec::new())))
+                .await?;
         }
         self.wake();
         Ok(())

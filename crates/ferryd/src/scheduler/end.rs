@@ -18,9 +18,12 @@ impl Scheduler {
             Ok(done) => End::Succeeded(done),
             Err(EndError::Engine(failure)) => match (stopped, failure.error.kind()) {
                 (Some(stop), ferry_engine::ErrorKind::Cancelled) => End::Stopped(stop, *failure),
-                // A retry handed back as a stop came: the stop decides.
+                // A retry handed back as a stop came: a stop that would only have it wait
+                // again lets it wait out the retry; the others decide.
+                (None | Some(Stop::Preempt | Stop::Shutdown), _) if failure.retry.is_some() => {
+                    End::Parked(*failure)
+                }
                 (Some(stop), _) if failure.retry.is_some() => End::Stopped(stop, *failure),
-                (None, _) if failure.retry.is_some() => End::Parked(*failure),
                 // Bytes that are right but could not be placed are kept for resume data.
                 _ => End::Failed(
                     failure

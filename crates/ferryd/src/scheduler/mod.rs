@@ -8,7 +8,7 @@
 //! so exactly one place writes a task's end.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ferry_engine::http::{HeaderMap, HeaderName, HeaderValue};
 use ferry_engine::{
     Destination, DownloadSpec, Downloaded, Engine, Failure, Limits, Progress, RateLimiter,
-    UploadSpec,
+    TlsFiles, UploadSpec,
 };
 use ferry_proto::{
     CancelReason, ErrorInfo, Event, EventFrame, Outcome, OutcomeKind, Priority, RunPhase,
@@ -66,6 +66,8 @@ pub struct SchedulerConfig {
     pub checkpoint_interval: Duration,
     /// Bytes per second for the whole daemon (0: unlimited).
     pub rate_limit: u64,
+    /// The HTTP client's settings (proxies…); a session's TLS material is added to them.
+    pub client: ferry_engine::ClientConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -75,6 +77,7 @@ impl Default for SchedulerConfig {
             default_connections: 8,
             checkpoint_interval: Duration::from_secs(1),
             rate_limit: 0,
+            client: ferry_engine::ClientConfig::default(),
         }
     }
 }
@@ -156,7 +159,13 @@ pub struct Scheduler {
     keeper: Keeper,
     /// Sessions the last round read.
     last_sessions: AtomicUsize,
+    /// Engines for sessions with TLS material of their own, by that material (read from its
+    /// files again at each start, so a renewed certificate makes a new engine).
+    tls_engines: Mutex<HashMap<TlsFiles, Engine>>,
 }
+
+/// Engines kept for sessions' TLS material; beyond this many, the cache starts afresh.
+const MAX_TLS_ENGINES: usize = 16;
 
 /// A control request could not be carried out.
 #[derive(Debug)]
@@ -195,7 +204,42 @@ impl Scheduler {
             session_limits: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             last_sessions: AtomicUsize::new(0),
+            tls_engines: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The engine for runs of a session configured with `config`: the shared one, or one
+    /// with the session's TLS material (SPEC §4 TLS: extra roots, a client identity).
+    ///
+    /// # Errors
+    /// `config` with what is wrong: a file that cannot be read, or material that does not
+    /// parse.
+    pub fn engine_for(&self, config: &SessionConfig) -> Result<Engine, ErrorInfo> {
+        let tls = &config.tls;
+        if tls.extra_roots.is_empty() && tls.client_identity.is_none() {
+            return Ok(self.engine.clone());
+        }
+        let files = TlsFiles::read(
+            &tls.extra_roots,
+            tls.client_identity.as_deref().map(Path::new),
+        )
+        .map_err(|e| error_info(&e))?;
+        let mut engines = self
+            .tls_engines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(engine) = engines.get(&files) {
+            return Ok(engine.clone());
+        }
+        let engine = self
+            .engine
+            .with_client(&files.apply(&self.config.client))
+            .map_err(|e| error_info(&e))?;
+        if engines.len() >= MAX_TLS_ENGINES {
+            engines.clear();
+        }
+        engines.insert(files, engine.clone());
+        Ok(engine)
     }
 
     fn running(&self) -> MutexGuard<'_, HashMap<u64, Running>> {
@@ -358,7 +402,8 @@ impl Scheduler {
     /// tasks behind it might have mattered: the round is planned again from the full read
     /// ([`WAITING_PER_SESSION`]), so its outcome is the full read's.
     ///
-    /// Returns when the soonest task seen waiting out a retry is due (unix ms), if any.
+    /// Returns when the soonest task waiting out a retry that was not due yet is due (unix
+    /// ms), if any.
     async fn schedule(self: &Arc<Self>) -> Result<Option<i64>, StoreError> {
         let mut load = Load::default();
         let mut lowest_running = None;
@@ -372,11 +417,18 @@ impl Scheduler {
         }
         let free = self.config.max_running.saturating_sub(load.total);
         let short = (free + SHORT_READ_EXTRA).min(WAITING_PER_SESSION);
-        let (candidates, configs, cut) = self.read_round(short).await?;
-        let mut plan = self.plan(candidates, &configs, load.clone(), lowest_running);
-        if cut && plan.doubtful {
-            let (candidates, configs, _) = self.read_round(WAITING_PER_SESSION).await?;
-            plan = self.plan(candidates, &configs, load, lowest_running);
+        let round = self.read_round(short).await?;
+        let mut next_retry = round.next_retry;
+        let mut plan = self.plan(
+            round.candidates,
+            &round.configs,
+            load.clone(),
+            lowest_running,
+        );
+        if round.cut && plan.doubtful {
+            let round = self.read_round(WAITING_PER_SESSION).await?;
+            next_retry = round.next_retry;
+            plan = self.plan(round.candidates, &round.configs, load, lowest_running);
         }
         if let Some(victim) = plan.victim {
             self.preempt(victim);
@@ -389,29 +441,31 @@ impl Scheduler {
         for started in futures_util::future::join_all(starting).await {
             started?;
         }
-        Ok(plan.next_retry)
+        Ok(next_retry)
     }
 
     /// Reads every session and up to `limit` of each one's next waiting tasks, and as many of
-    /// its tasks waiting out a retry without a run; also says whether a session had more
-    /// than that (the read was cut short).
-    async fn read_round(
-        &self,
-        limit: usize,
-    ) -> Result<(Vec<TaskRow>, HashMap<String, SessionConfig>, bool), StoreError> {
+    /// its tasks waiting out a retry without a run that are due; also says whether a session
+    /// had more than that (the read was cut short), and when the next retry not yet due is.
+    async fn read_round(&self, limit: usize) -> Result<Round, StoreError> {
         let round = move |c: &rusqlite::Connection| {
             let sessions = sessions::all(c)?;
+            let now_ms = now_ms();
             // A few more than can start from each session: a deep queue in one session
             // costs nothing here and cannot hide another session's tasks.
             let mut waiting = Vec::new();
-            let mut cut = false;
+            let (mut cut, mut next_retry) = (false, None::<i64>);
             for (id, _) in &sessions {
-                for rows in [tasks::waiting(c, id, limit)?, tasks::parked(c, id, limit)?] {
+                let parked = tasks::parked_due(c, id, now_ms, limit)?;
+                for rows in [tasks::waiting(c, id, limit)?, parked] {
                     cut |= rows.len() >= limit && limit < WAITING_PER_SESSION;
                     waiting.extend(rows);
                 }
+                if let Some(at) = tasks::next_retry(c, id, now_ms)? {
+                    next_retry = Some(next_retry.map_or(at, |t| t.min(at)));
+                }
             }
-            Ok((waiting, sessions, cut))
+            Ok((waiting, sessions, cut, next_retry))
         };
         // A short read over few sessions is made here, saving two thread hand-offs; the
         // full read, a read over many sessions, or one that would wait for another read, on
@@ -423,7 +477,7 @@ impl Scheduler {
         } else {
             Err(round)
         };
-        let (candidates, configs, cut) = match read {
+        let (candidates, configs, cut, next_retry) = match read {
             Ok(read) => read?,
             Err(round) => {
                 let store = self.store.clone();
@@ -433,7 +487,12 @@ impl Scheduler {
             }
         };
         self.last_sessions.store(configs.len(), Ordering::Relaxed);
-        Ok((candidates, configs.into_iter().collect(), cut))
+        Ok(Round {
+            candidates,
+            configs: configs.into_iter().collect(),
+            cut,
+            next_retry,
+        })
     }
 
     /// Decides which of `candidates` start and which running task (if any) is paused for
@@ -455,14 +514,7 @@ impl Scheduler {
         let urgent_waiting = candidates
             .iter()
             .any(|r| r.priority > Priority::Low && due(r));
-        let mut plan = Plan {
-            next_retry: candidates
-                .iter()
-                .filter_map(|r| r.retry_at)
-                .filter(|t| *t > now_ms)
-                .min(),
-            ..Plan::default()
-        };
+        let mut plan = Plan::default();
         for row in candidates {
             if !due(&row)
                 || (row.priority == Priority::Low && urgent_waiting)
@@ -606,7 +658,8 @@ impl Scheduler {
                 .upload_spec(&row, request, &config, spent)
                 .map(|spec| Job::Upload(Box::new(spec))),
         };
-        let job = match job {
+        let job = job.and_then(|job| Ok((self.engine_for(&config)?, job)));
+        let (engine, job) = match job {
             Ok(job) => job,
             Err(error) => {
                 // A request that cannot even be built fails at once, with its events.
@@ -629,10 +682,7 @@ impl Scheduler {
             let stopped = || *stop.lock().unwrap_or_else(PoisonError::into_inner);
             let parked = match job {
                 Job::Download(spec) => {
-                    let result = this
-                        .engine
-                        .download(&spec, &progress, &observer, &cancel)
-                        .await;
+                    let result = engine.download(&spec, &progress, &observer, &cancel).await;
                     let parked = matches!(&result, Err(f) if f.retry.is_some());
                     // Read once: a stop that comes later finds the run ending and waits.
                     let stop = stopped();
@@ -642,10 +692,7 @@ impl Scheduler {
                     parked
                 }
                 Job::Upload(spec) => {
-                    let result = this
-                        .engine
-                        .upload(&spec, &progress, &observer, &cancel)
-                        .await;
+                    let result = engine.upload(&spec, &progress, &observer, &cancel).await;
                     let parked = matches!(&result, Err(f) if f.retry.is_some());
                     let stop = stopped();
                     this.release_slot(id, stop);
@@ -735,9 +782,11 @@ impl Scheduler {
         };
         let mut spec = DownloadSpec::new(&request.url, self.layout.staging(row.id), destination);
         spec.headers = ferry_engine::layered_headers(
-            headers(config.headers.0.iter())?,
+            session_headers(config)?,
             headers(request.headers.0.iter())?,
         );
+        spec.retry = retry_policy(config);
+        spec.allow_insecure_redirects = config.allow_insecure_redirects;
         spec.conflict = match config.destination_conflict {
             ferry_proto::Conflict::Rename => ferry_engine::Conflict::Rename,
             ferry_proto::Conflict::Overwrite => ferry_engine::Conflict::Overwrite,
@@ -775,7 +824,16 @@ struct Plan {
     victim: Option<u64>,
     /// Whether tasks behind those read might have changed the decision (see `schedule`).
     doubtful: bool,
-    /// When the soonest task read that waits out a retry is due (unix ms).
+}
+
+/// What a round read.
+struct Round {
+    /// Waiting tasks, and tasks waiting out a retry that are due.
+    candidates: Vec<TaskRow>,
+    configs: HashMap<String, SessionConfig>,
+    /// A session had more of them than were read.
+    cut: bool,
+    /// When the soonest task waiting out a retry that is not due yet is due (unix ms).
     next_retry: Option<i64>,
 }
 
@@ -874,6 +932,27 @@ pub fn error_info(error: &ferry_engine::Error) -> ErrorInfo {
         transient: error.is_transient(),
         status: error.status(),
     }
+}
+
+/// The headers a session sends with every request: its `headers`, and its `user_agent`
+/// unless they name one; a task's headers override them.
+pub fn session_headers(config: &SessionConfig) -> Result<HeaderMap, ErrorInfo> {
+    let mut map = headers(config.headers.0.iter())?;
+    if let Some(agent) = &config.user_agent {
+        ferry_engine::add_user_agent(&mut map, agent)
+            .map_err(|e| ErrorInfo::new("invalid_request", e.to_string()))?;
+    }
+    Ok(map)
+}
+
+/// The engine's retry policy for a session's configuration.
+pub fn retry_policy(config: &SessionConfig) -> ferry_engine::RetryPolicy {
+    ferry_engine::RetryPolicy::from_millis(
+        config.retry.initial_ms,
+        config.retry.max_ms,
+        config.retry.max_attempts,
+        config.waits_for_connectivity,
+    )
 }
 
 /// Header pairs as a map; a bad name or value is an `invalid_request`.

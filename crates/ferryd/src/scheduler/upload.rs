@@ -92,9 +92,11 @@ impl Scheduler {
             UploadMethod::Post => ferry_engine::UploadMethod::Post,
         };
         spec.headers = ferry_engine::layered_headers(
-            headers(config.headers.0.iter())?,
+            session_headers(config)?,
             headers(request.headers.0.iter())?,
         );
+        spec.retry = retry_policy(config);
+        spec.allow_insecure_redirects = config.allow_insecure_redirects;
         spec.limits = self.limits(row.id, &row.session);
         spec.request_timeout = Duration::from_secs(config.request_timeout_secs.max(1));
         let left = config.resource_timeout_secs.saturating_sub(spent_secs);
@@ -119,9 +121,12 @@ impl Scheduler {
             Ok(done) => UploadEnd::Succeeded(done),
             Err(failure) => match (stopped, failure.error.kind()) {
                 (Some(stop), ferry_engine::ErrorKind::Cancelled) => UploadEnd::Stopped(stop),
-                // A retry handed back as a stop came: the stop decides.
+                // A retry handed back as a stop came: a stop that would only have it wait
+                // again lets it wait out the retry; the others decide.
+                (None | Some(Stop::Preempt | Stop::Shutdown), _) if failure.retry.is_some() => {
+                    UploadEnd::Parked(failure.retry)
+                }
                 (Some(stop), _) if failure.retry.is_some() => UploadEnd::Stopped(stop),
-                (None, _) if failure.retry.is_some() => UploadEnd::Parked(failure.retry),
                 _ => UploadEnd::Failed(failure),
             },
         };

@@ -111,5 +111,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tasks ADD COLUMN retry_at INTEGER;
     ALTER TABLE tasks ADD COLUMN failed_attempts INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX tasks_parked ON tasks(session, retry_at) WHERE retry_at IS NOT NULL;
     "#,
 ];

@@ -392,15 +392,35 @@ pub fn waiting(conn: &Connection, session: &str, limit: usize) -> Result<Vec<Tas
     )
 }
 
-/// The next tasks of `session` waiting out a retry without a run (parked), in scheduling
-/// order, due or not.
-pub fn parked(conn: &Connection, session: &str, limit: usize) -> Result<Vec<TaskRow>, StoreError> {
+/// The next tasks of `session` waiting out a retry without a run (parked) that are due at
+/// `now_ms`, in scheduling order: tasks not due yet cannot hide due ones.
+pub fn parked_due(
+    conn: &Connection,
+    session: &str,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<TaskRow>, StoreError> {
     query(
         conn,
-        "WHERE session = ?1 AND state = 'retry_wait' AND retry_at IS NOT NULL \
-         ORDER BY priority DESC, id LIMIT ?2",
-        (session, to_i64(limit as u64)),
+        "WHERE session = ?1 AND retry_at IS NOT NULL AND retry_at <= ?2 \
+         AND state = 'retry_wait' ORDER BY priority DESC, id LIMIT ?3",
+        (session, now_ms, to_i64(limit as u64)),
     )
+}
+
+/// When the next task of `session` waiting out a retry without a run is due after `now_ms`.
+pub fn next_retry(
+    conn: &Connection,
+    session: &str,
+    now_ms: i64,
+) -> Result<Option<i64>, StoreError> {
+    Ok(row(
+        conn,
+        "SELECT MIN(retry_at) FROM tasks \
+         WHERE session = ?1 AND retry_at IS NOT NULL AND retry_at > ?2",
+        (session, now_ms),
+        |r| r.get(0),
+    )?)
 }
 
 /// A run handed back a retry: the task (in `retry_wait` since the `retrying` event) waits

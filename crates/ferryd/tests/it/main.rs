@@ -11,6 +11,7 @@ mod groups;
 mod journal;
 mod launch;
 mod migrations;
+mod options;
 mod resume;
 mod retention;
 mod scheduling;

@@ -848,3 +848,122 @@ async fn retries_count_on_across_runs() {
     assert_eq!(std::fs::read(&out).unwrap(), content(64, 0, 5000));
     assert_eq!(c.task(task.id).await.error, None);
 }
+
+/// Tasks waiting out a retry that is not due cannot hide one that is: a session with more
+/// of them than a round reads (64) still retries its newest task when it is due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tasks_waiting_out_retries_do_not_hide_a_due_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let mut busy = Vec::new();
+    for i in 0..70 {
+        let url = server.url(&format!("/bytes/10?seed={i}&status=503&retry_after=120"));
+        busy.push(c.create("m", download(url, None)).await.id);
+    }
+    let retry_wait = TaskState::Running {
+        phase: RunPhase::RetryWait,
+    };
+    for id in &busy {
+        crate::fixture::wait_until(|| {
+            let socket = daemon.socket();
+            async move {
+                let mut c = crate::fixture::Client::connect(&socket).await;
+                c.task(*id).await.state == retry_wait
+            }
+        })
+        .await;
+    }
+    // The newest task: one 503 without Retry-After (a retry within about a second).
+    let out = dir.path().join("late");
+    let late = c
+        .create(
+            "m",
+            download(
+                server.url("/bytes/1000?seed=99&status=503&fail_times=1"),
+                Some(&out),
+            ),
+        )
+        .await;
+    let done = wait_completed(&mut c, late.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), content(99, 0, 1000));
+}
+
+/// A new URL for a task waiting out a retry is tried at once, with a fresh count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_url_ends_the_wait_for_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    c.attach("u").await.unwrap();
+    let out = dir.path().join("moved");
+    let task = c
+        .create(
+            "u",
+            download(
+                server.url("/bytes/10?seed=71&status=503&retry_after=120"),
+                Some(&out),
+            ),
+        )
+        .await;
+    loop {
+        if let ferry_proto::Event::Retrying { .. } = c.next_journaled().await.event {
+            break;
+        }
+    }
+    c.request(ferry_proto::Request::UpdateUrl {
+        task: task.id,
+        url: server.url("/bytes/3000?seed=72"),
+    })
+    .await
+    .unwrap();
+    let done = wait_completed(&mut c, task.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Succeeded
+        }
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), content(72, 0, 3000));
+}
+
+/// A retry that would come after the resource timeout fails the task `timed_out` at once,
+/// without another attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_past_the_resource_timeout_fails_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start().unwrap();
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let config = SessionConfig {
+        resource_timeout_secs: 30,
+        ..SessionConfig::default()
+    };
+    c.attach_with("t", config, false).await.unwrap();
+    let task = c
+        .create(
+            "t",
+            download(
+                server.url("/bytes/10?seed=73&status=503&retry_after=120"),
+                Some(&dir.path().join("t")),
+            ),
+        )
+        .await;
+    let done = wait_completed(&mut c, task.id).await;
+    assert_eq!(
+        done.state,
+        TaskState::Completed {
+            outcome: OutcomeKind::Failed
+        }
+    );
+    assert_eq!(done.error.unwrap().code, "timed_out");
+    assert_eq!(server.requests().len(), 1, "no attempt after the first");
+}
