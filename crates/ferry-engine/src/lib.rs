@@ -56,7 +56,7 @@ pub use checksum::{Algorithm, Checksum, Hasher};
 pub use client::{ClientConfig, ProxyConfig, TlsFiles};
 pub use download::{
     DEFAULT_CHECKPOINT_BYTES, Destination, DownloadSpec, Downloaded, Engine, Event, Failure,
-    MAX_REDIRECTS, Observer, Redirect, add_user_agent, layered_headers, parse_url,
+    MAX_REDIRECTS, Observer, Redirect, add_user_agent, header_pairs, layered_headers, parse_url,
 };
 pub use error::{Error, ErrorKind, display_chain};
 pub use meter::RateMeter;

@@ -1091,6 +1091,10 @@ pub enum Event {
         /// reply's file stays until this event is acknowledged.
         #[serde(default)]
         reply: Option<Reply>,
+        /// For a download that succeeded: the headers of the response that brought its
+        /// bytes, in order (lower-case names). Absent from daemons before revision 2.
+        #[serde(default)]
+        headers: Option<Vec<(String, String)>>,
     },
     /// Every task of a group has completed (after the last one's `completed`).
     GroupCompleted {
@@ -1196,6 +1200,7 @@ mod tests {
                 },
                 status: Some(404),
                 reply: None,
+                headers: None,
             },
         });
         let json = serde_json::to_value(&event).unwrap();

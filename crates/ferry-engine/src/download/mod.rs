@@ -368,6 +368,17 @@ pub fn layered_headers(mut session: HeaderMap, task: HeaderMap) -> HeaderMap {
     session
 }
 
+/// Response headers as pairs, in order: lower-case names, values decoded lossily.
+pub fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
 /// Adds `User-Agent: agent` to `headers` unless they have one (which then wins).
 ///
 /// # Errors

@@ -365,14 +365,7 @@ impl<'a> Upload<'a> {
         url: &Url,
     ) -> Result<ServerReply, Error> {
         let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(name, value)| {
-                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                (name.as_str().to_owned(), value)
-            })
-            .collect();
+        let headers = crate::download::header_pairs(response.headers());
         let path = &self.spec.reply;
         let mut file = tokio::fs::File::create(path)
             .await

@@ -226,7 +226,7 @@ impl Shared {
                     bytes: done.reply_bytes,
                 };
                 let status = Some(done.status);
-                state.complete_with_reply(id, Outcome::Succeeded, status, Some(reply));
+                state.complete_with_reply(id, Outcome::Succeeded, status, Some(reply), None);
                 return;
             }
             Err(failure) => failure,
@@ -267,7 +267,7 @@ impl Shared {
                     error,
                     resume_data: None,
                 };
-                state.complete_with_reply(id, failed, status, reply);
+                state.complete_with_reply(id, failed, status, reply, None);
             }
         }
     }
@@ -404,7 +404,8 @@ fn record_success(state: &mut State, inbox: &Path, id: TaskId, finished: Finishe
             }
         }
     }
-    state.complete(id, Outcome::Succeeded, Some(done.status));
+    let headers = Some(ferry_engine::header_pairs(&done.headers));
+    state.complete_with_reply(id, Outcome::Succeeded, Some(done.status), None, headers);
 }
 
 /// Hands the engine's reports for task `id` to the runtime.

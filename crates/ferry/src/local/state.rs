@@ -267,17 +267,19 @@ impl State {
     /// Moves task `id` to its end, sends `completed`, then what may follow it: the group's
     /// `group_completed` and the session's `session_invalidated`.
     pub(super) fn complete(&mut self, id: TaskId, outcome: Outcome, status: Option<u16>) {
-        self.complete_with_reply(id, outcome, status, None);
+        self.complete_with_reply(id, outcome, status, None, None);
     }
 
-    /// [`State::complete`] for an upload the server answered: the reply goes in `completed`
-    /// and the task's info, and its file is deleted when that event is acknowledged.
+    /// [`State::complete`] with the response: an upload's reply goes in `completed` and the
+    /// task's info, and its file is deleted when that event is acknowledged; a download's
+    /// response headers go in `completed`.
     pub(super) fn complete_with_reply(
         &mut self,
         id: TaskId,
         outcome: Outcome,
         status: Option<u16>,
         reply: Option<Reply>,
+        headers: Option<Vec<(String, String)>>,
     ) {
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
@@ -306,6 +308,7 @@ impl State {
                 outcome,
                 status,
                 reply,
+                headers,
             },
         );
         if let Some((seq, file)) = seq.zip(file) {

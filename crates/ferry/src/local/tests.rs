@@ -218,13 +218,18 @@ async fn downloads_to_a_destination_with_events_in_order() {
             location: f.path("one.bin")
         }
     );
-    assert_eq!(
-        rest[1].event,
-        Event::Completed {
-            outcome: Outcome::Succeeded,
-            status: Some(200),
-            reply: None,
-        }
+    let Event::Completed {
+        outcome: Outcome::Succeeded,
+        status: Some(200),
+        reply: None,
+        headers: Some(headers),
+    } = &rest[1].event
+    else {
+        panic!("{:?}", rest[1]);
+    };
+    assert!(
+        headers.contains(&("content-length".to_owned(), "300000".to_owned())),
+        "{headers:?}"
     );
     assert_eq!((rest[0].seq, rest[1].seq), (Some(1), Some(2)));
     assert_eq!(
@@ -281,6 +286,7 @@ async fn not_found_fails_with_http_status_and_writes_nothing() {
             outcome: Outcome::Failed { error, .. },
             status: Some(404),
             reply: None,
+            headers: None,
         }) => assert_eq!(
             (error.code.as_str(), error.status),
             ("http_status", Some(404))
@@ -443,6 +449,7 @@ async fn cancel_with_resume_data_then_create_from_it_finishes_the_file() {
             },
             status: None,
             reply: None,
+            headers: None,
         })
     );
 

@@ -91,6 +91,7 @@ impl Scheduler {
                                 outcome: Outcome::Succeeded,
                                 status: Some(done.status),
                                 reply: None,
+                                headers: Some(ferry_engine::header_pairs(&done.headers)),
                             },
                         )?);
                         events.extend(tasks::after_completion(c, id)?);
@@ -113,6 +114,7 @@ impl Scheduler {
                                 status: error.status,
                                 outcome: Outcome::Failed { error, resume_data },
                                 reply: None,
+                                headers: None,
                             },
                         )?);
                         events.extend(tasks::after_completion(c, id)?);
@@ -264,6 +266,7 @@ pub(super) fn cancel_job(
             },
             status: None,
             reply: None,
+            headers: None,
         },
     )?;
     let mut events = vec![event];

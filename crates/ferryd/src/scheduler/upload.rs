@@ -163,6 +163,7 @@ impl Scheduler {
                                 outcome: Outcome::Succeeded,
                                 status: Some(done.status),
                                 reply: Some(reply),
+                                headers: None,
                             },
                         )?);
                         events.extend(tasks::after_completion(c, id)?);
@@ -193,6 +194,7 @@ impl Scheduler {
                                     resume_data: None,
                                 },
                                 reply,
+                                headers: None,
                             },
                         )?);
                         events.extend(tasks::after_completion(c, id)?);

@@ -59,14 +59,21 @@ async fn completes_while_detached_then_replays_in_order_with_backlog_delivered()
             matches!(of_task[0].event, Event::FinishedDownloading { .. }),
             "{of_task:?}"
         );
-        assert!(matches!(
-            of_task[1].event,
-            Event::Completed {
-                outcome: Outcome::Succeeded,
-                status: Some(200),
-                reply: None,
-            }
-        ));
+        let Event::Completed {
+            outcome: Outcome::Succeeded,
+            status: Some(200),
+            reply: None,
+            headers: Some(headers),
+        } = &of_task[1].event
+        else {
+            panic!("{:?}", of_task[1]);
+        };
+        // SPEC §7: `completed` carries the response's status and headers.
+        let length = if task == a.id { "300000" } else { "1000" };
+        assert!(
+            headers.contains(&("content-length".to_owned(), length.to_owned())),
+            "{headers:?}"
+        );
     }
     // The inbox file is there until its event is acknowledged.
     let Event::FinishedDownloading { location } =
@@ -117,6 +124,7 @@ async fn unacknowledged_events_come_again_and_acks_cannot_skip_ahead() {
             outcome: Outcome::Failed { error, .. },
             status: Some(404),
             reply: None,
+            headers: None,
         } => {
             assert_eq!(error.code, "http_status");
         }

@@ -88,6 +88,7 @@ async fn an_upload_completes_unattended_and_its_reply_waits_until_acknowledged()
             outcome: Outcome::Succeeded,
             status: Some(201),
             reply: Some(r),
+            headers: None,
         } => assert_eq!(r, &reply),
         other => panic!("{other:?}"),
     }
@@ -145,6 +146,7 @@ async fn a_413_fails_with_the_reply_kept() {
             outcome: Outcome::Failed { error, .. },
             status: Some(413),
             reply: Some(r),
+            headers: None,
         } => {
             assert_eq!(error.code, "http_status");
             assert_eq!(r, reply);
