@@ -102,6 +102,9 @@ impl std::fmt::Debug for ClientConfig {
     }
 }
 
+/// The largest TLS file [`TlsFiles::read`] reads (1 MiB: a root bundle is ~200 KiB).
+pub const MAX_TLS_FILE_BYTES: u64 = 1 << 20;
+
 /// The TLS material a session names by path (SPEC §4: extra roots, a client identity), read
 /// from its files: what an [`crate::Engine`] for that session is built with, and the key
 /// under which one is kept.
@@ -123,21 +126,50 @@ impl std::fmt::Debug for TlsFiles {
 }
 
 impl TlsFiles {
-    /// Reads the files.
+    /// Reads the files: each must be a regular file of at most [`MAX_TLS_FILE_BYTES`], named
+    /// by an absolute path (a daemon's working directory is not the client's).
     ///
     /// # Errors
-    /// [`ErrorKind::Config`] naming a file that cannot be read.
+    /// [`ErrorKind::Config`] naming a file that cannot be read, or is not such a file.
     pub fn read(
         extra_roots: &[impl AsRef<std::path::Path>],
         client_identity: Option<&std::path::Path>,
     ) -> Result<TlsFiles, Error> {
         let read = |path: &std::path::Path, what: &str| {
-            std::fs::read(path).map_err(|e| {
+            let refuse = |why: String| {
+                Error::from(ErrorKind::Config(format!(
+                    "the {what} {} {why}",
+                    path.display()
+                )))
+            };
+            if !path.is_absolute() {
+                return Err(refuse("is not an absolute path".into()));
+            }
+            let io = |e| {
                 Error::with_source(
                     ErrorKind::Config(format!("cannot read the {what} {}", path.display())),
                     e,
                 )
-            })
+            };
+            // No FIFO or device to block on (checked before opening), no endless file to
+            // fill memory with (the read is bounded too).
+            let meta = std::fs::metadata(path).map_err(io)?;
+            if !meta.is_file() {
+                return Err(refuse("is not a regular file".into()));
+            }
+            if meta.len() > MAX_TLS_FILE_BYTES {
+                return Err(refuse(format!(
+                    "is larger than {MAX_TLS_FILE_BYTES} bytes: not a PEM of certificates"
+                )));
+            }
+            let file = std::fs::File::open(path).map_err(io)?;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(file, MAX_TLS_FILE_BYTES),
+                &mut bytes,
+            )
+            .map_err(io)?;
+            Ok(bytes)
         };
         Ok(TlsFiles {
             extra_roots_pem: extra_roots

@@ -40,6 +40,10 @@ pub enum ErrorKind {
     Connection {
         /// The host that could not be reached.
         host: String,
+        /// No connection could be made at all (name resolution, connecting): the host is
+        /// unreachable — as opposed to a connection that was made and then broke or stalled
+        /// before the response.
+        unreachable: bool,
     },
     /// The connection broke in the middle of a response body.
     #[error("the connection to {host} broke mid-transfer")]

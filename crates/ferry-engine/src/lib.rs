@@ -53,7 +53,7 @@ pub use http;
 
 pub use checkpoint::{Checkpoint, Segment, Validators};
 pub use checksum::{Algorithm, Checksum, Hasher};
-pub use client::{ClientConfig, ProxyConfig, TlsFiles};
+pub use client::{ClientConfig, MAX_TLS_FILE_BYTES, ProxyConfig, TlsFiles};
 pub use download::{
     DEFAULT_CHECKPOINT_BYTES, Destination, DownloadSpec, Downloaded, Engine, Event, Failure,
     MAX_REDIRECTS, Observer, Redirect, add_user_agent, header_pairs, layered_headers, parse_url,

@@ -14,8 +14,9 @@ pub struct RetryPolicy {
     /// Consecutive failed attempts after which the task fails; `None`: until the resource
     /// timeout. Attempts count again from zero once bytes flow.
     pub max_attempts: Option<u32>,
-    /// Retry when the host cannot be reached ([`crate::ErrorKind::Connection`]: name
-    /// resolution, connection or TLS set-up failed); `false` fails at once.
+    /// Retry when the host cannot be reached ([`crate::ErrorKind::Connection`] with
+    /// `unreachable`: name resolution or connecting failed), without counting those attempts
+    /// against `max_attempts`; `false` fails at once.
     #[serde(default = "waits_by_default")]
     pub waits_for_connectivity: bool,
 }
@@ -56,10 +57,21 @@ impl RetryPolicy {
     /// attempt, or `None` when the error is permanent, the host is unreachable and the policy
     /// does not wait for connectivity, or the attempts are used up.
     pub(crate) fn after_failure(&self, attempt: u32, error: &crate::Error) -> Option<Duration> {
+        let unreachable = matches!(
+            error.kind(),
+            crate::ErrorKind::Connection {
+                unreachable: true,
+                ..
+            }
+        );
+        if unreachable {
+            // Waiting for connectivity is not failing: no attempt limit applies.
+            return self
+                .waits_for_connectivity
+                .then(|| self.delay(attempt, None));
+        }
         let exhausted = self.max_attempts.is_some_and(|max| attempt >= max);
-        let unreachable = matches!(error.kind(), crate::ErrorKind::Connection { .. });
-        let retried = error.is_transient() && (self.waits_for_connectivity || !unreachable);
-        (retried && !exhausted).then(|| self.delay(attempt, error.retry_after()))
+        (error.is_transient() && !exhausted).then(|| self.delay(attempt, error.retry_after()))
     }
 
     /// The delay before retry number `attempt` (1-based): `initial × 2^(attempt-1)`, capped,
@@ -133,7 +145,17 @@ mod tests {
 
         let unreachable = Error::from(ErrorKind::Connection {
             host: "example.com".into(),
+            unreachable: true,
         });
+        let broke = Error::from(ErrorKind::Connection {
+            host: "example.com".into(),
+            unreachable: false,
+        });
+        assert!(
+            policy.after_failure(7, &unreachable).is_some(),
+            "waiting for connectivity uses no attempt"
+        );
+        assert_eq!(policy.after_failure(3, &broke), None, "attempts used up");
         assert!(unlimited.after_failure(1, &unreachable).is_some());
         let no_wait = RetryPolicy {
             waits_for_connectivity: false,
@@ -147,6 +169,10 @@ mod tests {
         assert!(
             no_wait.after_failure(1, &status(503)).is_some(),
             "others retry"
+        );
+        assert!(
+            no_wait.after_failure(1, &broke).is_some(),
+            "a broken connection too"
         );
     }
 

@@ -467,9 +467,9 @@ impl Default for RetryConfig {
 }
 
 /// A session's TLS settings (SPEC §4): verification is always on; these add trust and an
-/// identity. Files are read by whoever runs the transfers (the daemon, as the same user) when
-/// the session is attached and again when each transfer starts, so a renewed certificate is
-/// picked up.
+/// identity. Paths are absolute. The daemon (as the same user) reads the files when the
+/// session is attached and again when each transfer starts, so a renewed certificate is
+/// picked up; an in-process session reads them once, when it is opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TlsConfig {
@@ -498,6 +498,20 @@ impl SessionConfig {
         }
         if retry.max_attempts == Some(0) {
             return invalid("retry.max_attempts must be at least 1 (or absent: no limit)");
+        }
+        let tls = &self.tls;
+        let relative = tls
+            .extra_roots
+            .iter()
+            .chain(&tls.client_identity)
+            .find(|p| !std::path::Path::new(p).is_absolute());
+        if let Some(path) = relative {
+            return Err(ErrorInfo::new(
+                "invalid_request",
+                format!(
+                    "tls: {path:?} is not an absolute path (the daemon's working folder is not the client's)"
+                ),
+            ));
         }
         Ok(())
     }

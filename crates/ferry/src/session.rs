@@ -532,15 +532,14 @@ impl SessionBuilder {
     /// Trusts the root certificates in this PEM file too, besides the system's (read when the
     /// session is opened and when each transfer starts).
     pub fn trust_roots_file(mut self, path: impl Into<PathBuf>) -> SessionBuilder {
-        let path = path.into().to_string_lossy().into_owned();
-        self.config.tls.extra_roots.push(path);
+        self.config.tls.extra_roots.push(absolute(path.into()));
         self
     }
 
     /// Presents this identity to servers that ask for a client certificate (mutual TLS): a
     /// PEM file with the private key and its certificate chain.
     pub fn client_identity_file(mut self, path: impl Into<PathBuf>) -> SessionBuilder {
-        self.config.tls.client_identity = Some(path.into().to_string_lossy().into_owned());
+        self.config.tls.client_identity = Some(absolute(path.into()));
         self
     }
 
@@ -634,4 +633,13 @@ impl SessionBuilder {
             }),
         })
     }
+}
+
+/// `path` made absolute against this process's working folder (the daemon's is another), as
+/// text; left as given if that fails (the session is then refused, saying so).
+fn absolute(path: PathBuf) -> String {
+    std::path::absolute(&path)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
 }

@@ -182,10 +182,21 @@ async fn attach(
     check_session(&session)?;
     check_config(&config)?;
     // The session's TLS files are read and parsed now, so that a bad one is refused here
-    // rather than failing each task (and the engine is ready for its first run).
-    ctx.scheduler
-        .engine_for(&config)
-        .map_err(|e| ErrorInfo::new("invalid_request", format!("tls: {}", e.message)))?;
+    // rather than failing each task (and the engine is ready for its first run) — unless
+    // the session already has these files configured: a client re-attaching after the
+    // daemon restarted, while a certificate is being replaced, must not lose its session.
+    if let Err(e) = ctx.scheduler.engine_for(&session, &config).await {
+        let name = session.clone();
+        let stored = ctx.store.read(move |c| sessions::config(c, &name));
+        let unchanged = stored.is_ok_and(|s| s.is_some_and(|s| s.tls == config.tls));
+        if !unchanged {
+            return Err(ErrorInfo::new(
+                "invalid_request",
+                format!("tls: {}", e.message),
+            ));
+        }
+        tracing::warn!(session, error = %e.message, "re-attached with TLS files that cannot be used now");
+    }
     ctx.scheduler.configure_session(&session, &config);
     let (s, c) = (session.clone(), config);
     ctx.store

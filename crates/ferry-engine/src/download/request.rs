@@ -160,7 +160,8 @@ pub(crate) fn classify(err: reqwest::Error, url: &Url) -> Error {
     let kind = if is_tls_failure(&err) {
         ErrorKind::Tls { host }
     } else {
-        ErrorKind::Connection { host }
+        let unreachable = err.is_connect();
+        ErrorKind::Connection { host, unreachable }
     };
     Error::with_source(kind, err)
 }

@@ -83,6 +83,8 @@ async fn a_connection_error_does_not_quote_a_password_in_the_url() {
         .port();
     let mut spec = env.spec("/");
     spec.url = format!("http://ann:pa55word@127.0.0.1:{port}/f");
+    // Fail at once instead of waiting for the host to come up.
+    spec.retry.waits_for_connectivity = false;
     let (result, _) = env.run(&spec).await;
     let failure = result.unwrap_err();
     assert_eq!(failure.error.kind().code(), "connection");

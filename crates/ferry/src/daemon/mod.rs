@@ -389,9 +389,13 @@ async fn supervise(shared: Arc<Shared>, mut reader: OwnedReadHalf) {
     }
 }
 
-/// Errors after which reconnecting cannot help.
+/// Errors after which reconnecting cannot help (`Unsupported`: the daemon now running is
+/// older than the session's configuration; it has to be restarted).
 fn is_fatal(e: &Error) -> bool {
-    matches!(e.kind(), ErrorKind::SessionInUse | ErrorKind::InvalidInput)
+    matches!(
+        e.kind(),
+        ErrorKind::SessionInUse | ErrorKind::InvalidInput | ErrorKind::Unsupported
+    )
 }
 
 fn give_up(shared: &Shared, info: ErrorInfo) {

@@ -81,8 +81,15 @@ impl Runtime {
                 "an in-process session must be created inside a tokio runtime",
             )
         })?;
-        let engine = Engine::new(&client)
-            .map_err(|e| ErrorInfo::new("invalid_request", format!("tls: {}", e)))?;
+        let engine = Engine::new(&client).map_err(|e| {
+            let info = validate::error_info(&e);
+            // The session's own TLS material is bad input, as the daemon's attach says.
+            if config.tls == ferry_proto::TlsConfig::default() {
+                info
+            } else {
+                ErrorInfo::new("invalid_request", format!("tls: {}", info.message))
+            }
+        })?;
         let folder_error = |e: std::io::Error| {
             ErrorInfo::new(
                 "internal",

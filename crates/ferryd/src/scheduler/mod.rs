@@ -159,9 +159,18 @@ pub struct Scheduler {
     keeper: Keeper,
     /// Sessions the last round read.
     last_sessions: AtomicUsize,
-    /// Engines for sessions with TLS material of their own, by that material (read from its
-    /// files again at each start, so a renewed certificate makes a new engine).
-    tls_engines: Mutex<HashMap<TlsFiles, Engine>>,
+    /// Engines for sessions with TLS material of their own (see `engine_for`).
+    tls_engines: Mutex<TlsEngines>,
+}
+
+/// Engines for sessions' TLS material.
+#[derive(Default)]
+struct TlsEngines {
+    /// By the material (read from its files again at each start, so a renewed certificate
+    /// makes a new engine).
+    by_material: HashMap<TlsFiles, Engine>,
+    /// Each session's last engine built from its files, with the paths it was read from.
+    last_good: HashMap<String, (ferry_proto::TlsConfig, Engine)>,
 }
 
 /// Engines kept for sessions' TLS material; beyond this many, the cache starts afresh.
@@ -204,42 +213,80 @@ impl Scheduler {
             session_limits: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             last_sessions: AtomicUsize::new(0),
-            tls_engines: Mutex::new(HashMap::new()),
+            tls_engines: Mutex::default(),
         }
     }
 
-    /// The engine for runs of a session configured with `config`: the shared one, or one
-    /// with the session's TLS material (SPEC §4 TLS: extra roots, a client identity).
+    /// The engine for runs of `session` configured with `config`: the shared one, or one
+    /// with the session's TLS material (SPEC §4 TLS: extra roots, a client identity), read
+    /// from its files now — on the blocking pool, as is building a client — so a renewed
+    /// certificate is picked up. When the files cannot be used now (being replaced, say),
+    /// the session's last good engine serves, with a warning, rather than failing its tasks.
     ///
     /// # Errors
-    /// `config` with what is wrong: a file that cannot be read, or material that does not
-    /// parse.
-    pub fn engine_for(&self, config: &SessionConfig) -> Result<Engine, ErrorInfo> {
-        let tls = &config.tls;
+    /// `config` with what is wrong (a file that cannot be read, material that does not
+    /// parse) when the session has no last good engine.
+    pub async fn engine_for(
+        &self,
+        session: &str,
+        config: &SessionConfig,
+    ) -> Result<Engine, ErrorInfo> {
+        let tls = config.tls.clone();
         if tls.extra_roots.is_empty() && tls.client_identity.is_none() {
             return Ok(self.engine.clone());
         }
-        let files = TlsFiles::read(
-            &tls.extra_roots,
-            tls.client_identity.as_deref().map(Path::new),
-        )
-        .map_err(|e| error_info(&e))?;
-        let mut engines = self
-            .tls_engines
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(engine) = engines.get(&files) {
+        let fresh = self.tls_engine(tls.clone()).await;
+        let mut engines = self.tls_engines();
+        match fresh {
+            Ok(engine) => {
+                engines
+                    .last_good
+                    .insert(session.to_owned(), (tls, engine.clone()));
+                Ok(engine)
+            }
+            Err(error) => match engines.last_good.get(session).filter(|(t, _)| *t == tls) {
+                Some((_, engine)) => {
+                    tracing::warn!(session, error = %error.message,
+                        "the session's TLS files cannot be used now; keeping the last good ones");
+                    Ok(engine.clone())
+                }
+                None => Err(error),
+            },
+        }
+    }
+
+    /// An engine with the TLS material in `tls`'s files, from the cache or built.
+    async fn tls_engine(&self, tls: ferry_proto::TlsConfig) -> Result<Engine, ErrorInfo> {
+        let read = tokio::task::spawn_blocking(move || {
+            TlsFiles::read(
+                &tls.extra_roots,
+                tls.client_identity.as_deref().map(Path::new),
+            )
+        });
+        let files = read
+            .await
+            .map_err(|e| ErrorInfo::new("internal", e.to_string()))?
+            .map_err(|e| error_info(&e))?;
+        if let Some(engine) = self.tls_engines().by_material.get(&files) {
             return Ok(engine.clone());
         }
-        let engine = self
-            .engine
-            .with_client(&files.apply(&self.config.client))
+        let (base, client) = (self.engine.clone(), files.apply(&self.config.client));
+        let engine = tokio::task::spawn_blocking(move || base.with_client(&client))
+            .await
+            .map_err(|e| ErrorInfo::new("internal", e.to_string()))?
             .map_err(|e| error_info(&e))?;
-        if engines.len() >= MAX_TLS_ENGINES {
-            engines.clear();
+        let mut engines = self.tls_engines();
+        if engines.by_material.len() >= MAX_TLS_ENGINES {
+            engines.by_material.clear();
         }
-        engines.insert(files, engine.clone());
+        engines.by_material.insert(files, engine.clone());
         Ok(engine)
+    }
+
+    fn tls_engines(&self) -> MutexGuard<'_, TlsEngines> {
+        self.tls_engines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn running(&self) -> MutexGuard<'_, HashMap<u64, Running>> {
@@ -658,7 +705,13 @@ impl Scheduler {
                 .upload_spec(&row, request, &config, spent)
                 .map(|spec| Job::Upload(Box::new(spec))),
         };
-        let job = job.and_then(|job| Ok((self.engine_for(&config)?, job)));
+        let job = match job {
+            Ok(job) => self
+                .engine_for(&row.session, &config)
+                .await
+                .map(|engine| (engine, job)),
+            Err(e) => Err(e),
+        };
         let (engine, job) = match job {
             Ok(job) => job,
             Err(error) => {

@@ -280,3 +280,65 @@ async fn a_configuration_that_cannot_work_is_refused_at_attach() {
     let s = sessions.iter().find(|s| s.id == "s").unwrap();
     assert_eq!(s.launch_command, Some(vec!["/bin/true".to_string()]));
 }
+
+/// The TLS files are read again when a transfer starts: a renewed root is picked up; while
+/// the file cannot be read the last good material serves, and a client re-attaching with
+/// the same configuration is not refused. Files that cannot be certificates are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_files_are_read_again_and_a_missing_one_keeps_the_last_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (
+        TestServer::start_tls().unwrap(),
+        TestServer::start_tls().unwrap(),
+    );
+    let daemon = Daemon::start(&dir.path().join("home")).await;
+    let mut c = daemon.client().await;
+    let roots = dir.path().join("roots.pem");
+    std::fs::write(&roots, first.cert_pem().unwrap()).unwrap();
+    let config = SessionConfig {
+        tls: TlsConfig {
+            extra_roots: vec![roots.display().to_string()],
+            client_identity: None,
+        },
+        ..SessionConfig::default()
+    };
+    let done = run_one(&mut c, "r", config.clone(), first.url("/bytes/10?seed=9")).await;
+    assert_eq!(done.state, succeeded());
+
+    // Renewed: the file now vouches for the second server only.
+    std::fs::write(&roots, second.cert_pem().unwrap()).unwrap();
+    let renewed = c
+        .create("r", download(second.url("/bytes/10?seed=10"), None))
+        .await;
+    assert_eq!(wait_completed(&mut c, renewed.id).await.state, succeeded());
+
+    // Gone for a moment: the last good material serves, and re-attaching is not refused.
+    std::fs::remove_file(&roots).unwrap();
+    let meanwhile = c
+        .create("r", download(second.url("/bytes/10?seed=11"), None))
+        .await;
+    assert_eq!(
+        wait_completed(&mut c, meanwhile.id).await.state,
+        succeeded()
+    );
+    c.attach_with("r", config, false).await.unwrap();
+
+    let big = dir.path().join("big.pem");
+    std::fs::write(&big, vec![b'x'; 2 << 20]).unwrap();
+    for (path, says) in [
+        ("roots.pem".to_owned(), "absolute"),
+        ("/dev/zero".to_owned(), "regular file"),
+        (big.display().to_string(), "larger than"),
+    ] {
+        let bad = SessionConfig {
+            tls: TlsConfig {
+                extra_roots: vec![path],
+                client_identity: None,
+            },
+            ..SessionConfig::default()
+        };
+        let error = c.attach_with("other", bad, false).await.unwrap_err();
+        assert_eq!(error.code, "invalid_request");
+        assert!(error.message.contains(says), "{says}: {}", error.message);
+    }
+}

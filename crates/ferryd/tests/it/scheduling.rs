@@ -896,14 +896,22 @@ async fn many_tasks_waiting_out_retries_do_not_hide_a_due_one() {
     assert_eq!(std::fs::read(&out).unwrap(), content(99, 0, 1000));
 }
 
-/// A new URL for a task waiting out a retry is tried at once, with a fresh count.
+/// A new URL for a task waiting out a retry is tried at once, with a fresh count: with two
+/// attempts allowed, the new URL's one 503 is its first failure, not the task's second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_url_ends_the_wait_for_a_retry() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start().unwrap();
     let daemon = Daemon::start(&dir.path().join("home")).await;
     let mut c = daemon.client().await;
-    c.attach("u").await.unwrap();
+    let two_attempts = SessionConfig {
+        retry: ferry_proto::RetryConfig {
+            max_attempts: Some(2),
+            ..ferry_proto::RetryConfig::default()
+        },
+        ..SessionConfig::default()
+    };
+    c.attach_with("u", two_attempts, false).await.unwrap();
     let out = dir.path().join("moved");
     let task = c
         .create(
@@ -921,7 +929,7 @@ async fn a_new_url_ends_the_wait_for_a_retry() {
     }
     c.request(ferry_proto::Request::UpdateUrl {
         task: task.id,
-        url: server.url("/bytes/3000?seed=72"),
+        url: server.url("/bytes/3000?seed=72&status=503&fail_times=1"),
     })
     .await
     .unwrap();
@@ -936,7 +944,7 @@ async fn a_new_url_ends_the_wait_for_a_retry() {
 }
 
 /// A retry that would come after the resource timeout fails the task `timed_out` at once,
-/// without another attempt.
+/// without another attempt and without announcing one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_past_the_resource_timeout_fails_the_task() {
     let dir = tempfile::tempdir().unwrap();
@@ -966,4 +974,14 @@ async fn a_retry_past_the_resource_timeout_fails_the_task() {
     );
     assert_eq!(done.error.unwrap().code, "timed_out");
     assert_eq!(server.requests().len(), 1, "no attempt after the first");
+    loop {
+        let e = c.next_journaled().await;
+        assert!(
+            !matches!(e.event, ferry_proto::Event::Retrying { .. }),
+            "no retry is announced: {e:?}"
+        );
+        if let ferry_proto::Event::Completed { .. } = e.event {
+            break;
+        }
+    }
 }
