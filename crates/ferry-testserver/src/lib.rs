@@ -104,6 +104,13 @@ impl TestServer {
         Self::start_on((Ipv4Addr::LOCALHOST, 0).into(), true)
     }
 
+    /// As [`Self::start_tls`], but offering HTTP/2 (ALPN `h2`, then `http/1.1`): a client
+    /// that speaks it multiplexes its requests over one connection.
+    pub fn start_h2() -> io::Result<TestServer> {
+        let tls = tls::h2_acceptor()?;
+        Self::serve((Ipv4Addr::LOCALHOST, 0).into(), Some(tls))
+    }
+
     /// As [`Self::start_tls`], but the TLS handshake needs a client certificate signed by a
     /// CA made for this server (mutual TLS); [`Self::client_identity_pem`] is one.
     pub fn start_mutual_tls() -> io::Result<TestServer> {
@@ -256,6 +263,8 @@ impl std::fmt::Debug for TestServer {
 /// One request as the server saw it, and what it answered.
 #[derive(Clone, Debug)]
 pub struct RequestRecord {
+    /// The HTTP version, as `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
     pub method: String,
     /// As received: origin-form `/p?q`, or absolute-form `http://host/p?q` when the
     /// client treated this server as a proxy.
@@ -306,6 +315,7 @@ impl Shared {
 /// The mutable-in-flight version of a [`RequestRecord`]: counters are atomics so that
 /// the body stream can update them per chunk while tests read them.
 pub(crate) struct LiveRecord {
+    version: String,
     method: String,
     uri: String,
     path: String,
@@ -319,6 +329,7 @@ pub(crate) struct LiveRecord {
 impl LiveRecord {
     fn snapshot(&self) -> RequestRecord {
         RequestRecord {
+            version: self.version.clone(),
             method: self.method.clone(),
             uri: self.uri.clone(),
             path: self.path.clone(),

@@ -31,6 +31,7 @@ pub(crate) async fn handle(
     conn: Arc<ConnCtl>,
 ) -> Result<Response<ResponseBody>, Aborted> {
     let record = Arc::new(LiveRecord {
+        version: format!("{:?}", req.version()),
         method: req.method().to_string(),
         uri: req.uri().to_string(),
         path: req.uri().path().to_string(),

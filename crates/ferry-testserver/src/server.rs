@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -52,7 +52,12 @@ async fn serve_connection(stream: TcpStream, tls: Option<TlsAcceptor>, shared: A
             // A failed handshake is expected whenever a test checks that an untrusted
             // certificate is refused; there is nobody to report it to.
             if let Ok(stream) = acceptor.accept(stream).await {
-                serve_http(AbortableIo::new(stream, Arc::clone(&ctl)), ctl, shared).await;
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let io = AbortableIo::new(stream, Arc::clone(&ctl));
+                match h2 {
+                    true => serve_h2(io, ctl, shared).await,
+                    false => serve_http(io, ctl, shared).await,
+                }
             }
         }
     }
@@ -72,6 +77,22 @@ where
     // Errors here are injected aborts or clients hanging up mid-response; both are
     // normal for a fault-injection server and already visible in the request log.
     let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+/// HTTP/2 on a connection that negotiated it. An injected abort ends the whole connection
+/// (every stream on it), as a network failure would.
+async fn serve_h2<S>(io: AbortableIo<S>, ctl: Arc<ConnCtl>, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let shared = Arc::clone(&shared);
+        let ctl = Arc::clone(&ctl);
+        async move { routes::handle(req, shared, ctl).await }
+    });
+    let _ = http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(io), service)
         .await;
 }

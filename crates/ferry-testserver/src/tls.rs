@@ -15,7 +15,13 @@ use tokio_rustls::TlsAcceptor;
 /// A fresh self-signed certificate for "127.0.0.1" and "localhost", and an acceptor
 /// using it. Fresh per server so that no test can pass by trusting a stale root.
 pub(crate) fn self_signed_acceptor() -> io::Result<(TlsAcceptor, String)> {
-    let (acceptor, pem, _) = acceptor(false)?;
+    let (acceptor, pem, _) = acceptor(false, false)?;
+    Ok((acceptor, pem))
+}
+
+/// As [`self_signed_acceptor`], offering HTTP/2 first.
+pub(crate) fn h2_acceptor() -> io::Result<(TlsAcceptor, String)> {
+    let (acceptor, pem, _) = acceptor(false, true)?;
     Ok((acceptor, pem))
 }
 
@@ -23,11 +29,11 @@ pub(crate) fn self_signed_acceptor() -> io::Result<(TlsAcceptor, String)> {
 /// only one signed by a CA made for this server; also returns a client identity that CA
 /// signed (PEM: private key, then certificate).
 pub(crate) fn mutual_acceptor() -> io::Result<(TlsAcceptor, String, String)> {
-    let (acceptor, pem, identity) = acceptor(true)?;
+    let (acceptor, pem, identity) = acceptor(true, false)?;
     Ok((acceptor, pem, identity.unwrap_or_default()))
 }
 
-fn acceptor(mutual: bool) -> io::Result<(TlsAcceptor, String, Option<String>)> {
+fn acceptor(mutual: bool, h2: bool) -> io::Result<(TlsAcceptor, String, Option<String>)> {
     let certified =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
             .map_err(io::Error::other)?;
@@ -56,8 +62,11 @@ fn acceptor(mutual: bool) -> io::Result<(TlsAcceptor, String, Option<String>)> {
     let mut config = builder
         .with_single_cert(vec![certified.cert.der().clone()], key)
         .map_err(io::Error::other)?;
-    // Only HTTP/1.1 is served; advertising it keeps h2-capable clients from trying h2.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Advertising only HTTP/1.1 keeps h2-capable clients from trying h2.
+    config.alpn_protocols = match h2 {
+        true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        false => vec![b"http/1.1".to_vec()],
+    };
     Ok((TlsAcceptor::from(Arc::new(config)), pem, identity))
 }
 

@@ -295,3 +295,50 @@ async fn https_proxy_is_used_for_https_urls_unless_no_proxy_matches() {
         content(55, 1000)
     );
 }
+
+/// Over HTTP/2 (ALPN `h2`) a segmented download's ranges share the connection, and a
+/// connection that breaks mid-transfer is resumed from the bytes kept: the file is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_over_http2_segmented_and_resumed() {
+    let server = TestServer::start_h2().unwrap();
+    let engine = Engine::new(&ClientConfig {
+        extra_roots_pem: vec![server.cert_pem().unwrap().into_bytes()],
+        ..direct_client()
+    })
+    .unwrap();
+    let env = Env {
+        engine,
+        ..Env::with_server(server)
+    };
+    let n = 4_000_000;
+    let mut spec = env.spec(&format!("/bytes/{n}?seed=81"));
+    spec.connections = 4;
+    spec.min_segment = 256 * 1024;
+    let (result, _) = env.run(&spec).await;
+    assert_eq!(std::fs::read(result.unwrap().path).unwrap(), content(81, n));
+    let requests = env.server.requests();
+    assert!(
+        requests.iter().all(|r| r.version == "HTTP/2.0"),
+        "{:?}",
+        requests.iter().map(|r| &r.version).collect::<Vec<_>>()
+    );
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.header("range").is_some())
+            .count()
+            >= 2,
+        "segmented: {} requests",
+        requests.len()
+    );
+
+    env.server.clear_log();
+    let path = format!("/bytes/{n}?seed=82&drop_after=1500000&fail_times=1");
+    let (result, recorder) = env.run(&env.spec(&path)).await;
+    assert_eq!(std::fs::read(result.unwrap().path).unwrap(), content(82, n));
+    let resumed = recorder
+        .non_checkpoint_events()
+        .into_iter()
+        .any(|e| matches!(e, crate::fixture::Seen::ResumedAtOffset { offset, .. } if offset > 0));
+    assert!(resumed, "{:?}", recorder.non_checkpoint_events());
+}

@@ -498,19 +498,22 @@ impl Scheduler {
         let round = move |c: &rusqlite::Connection| {
             let sessions = sessions::all(c)?;
             let now_ms = now_ms();
+            // Tasks waiting out a retry are looked for only when one is due.
+            let (first_retry, next_retry) = tasks::retries_due(c, now_ms)?;
+            let retry_due = first_retry.is_some_and(|t| t <= now_ms);
             // A few more than can start from each session: a deep queue in one session
             // costs nothing here and cannot hide another session's tasks.
             let mut waiting = Vec::new();
-            let (mut cut, mut next_retry) = (false, None::<i64>);
+            let mut cut = false;
             for (id, _) in &sessions {
-                let parked = tasks::parked_due(c, id, now_ms, limit)?;
-                for rows in [tasks::waiting(c, id, limit)?, parked] {
-                    cut |= rows.len() >= limit && limit < WAITING_PER_SESSION;
-                    waiting.extend(rows);
+                let mut rows = tasks::waiting(c, id, limit)?;
+                cut |= rows.len() >= limit && limit < WAITING_PER_SESSION;
+                if retry_due {
+                    let parked = tasks::parked_due(c, id, now_ms, limit)?;
+                    cut |= parked.len() >= limit && limit < WAITING_PER_SESSION;
+                    rows.extend(parked);
                 }
-                if let Some(at) = tasks::next_retry(c, id, now_ms)? {
-                    next_retry = Some(next_retry.map_or(at, |t| t.min(at)));
-                }
+                waiting.extend(rows);
             }
             Ok((waiting, sessions, cut, next_retry))
         };

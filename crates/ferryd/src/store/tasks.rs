@@ -408,18 +408,18 @@ pub fn parked_due(
     )
 }
 
-/// When the next task of `session` waiting out a retry without a run is due after `now_ms`.
-pub fn next_retry(
+/// When the first and the next after `now_ms` of all tasks waiting out a retry without a run
+/// are due (one look at the small `tasks_parked` index; both absent when none waits so).
+pub fn retries_due(
     conn: &Connection,
-    session: &str,
     now_ms: i64,
-) -> Result<Option<i64>, StoreError> {
+) -> Result<(Option<i64>, Option<i64>), StoreError> {
     Ok(row(
         conn,
-        "SELECT MIN(retry_at) FROM tasks \
-         WHERE session = ?1 AND retry_at IS NOT NULL AND retry_at > ?2",
-        (session, now_ms),
-        |r| r.get(0),
+        "SELECT MIN(retry_at), MIN(CASE WHEN retry_at > ?1 THEN retry_at END) FROM tasks \
+         WHERE retry_at IS NOT NULL",
+        [now_ms],
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?)
 }
 
