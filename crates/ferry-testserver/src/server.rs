@@ -47,23 +47,29 @@ pub(crate) async fn accept_loop(
 async fn serve_connection(stream: TcpStream, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
     let ctl = Arc::new(ConnCtl::default());
     match tls {
-        None => serve_http(AbortableIo::new(stream, Arc::clone(&ctl)), ctl, shared).await,
+        None => {
+            serve_http(
+                AbortableIo::new(stream, Arc::clone(&ctl)),
+                ctl,
+                shared,
+                false,
+            )
+            .await
+        }
         Some(acceptor) => {
             // A failed handshake is expected whenever a test checks that an untrusted
             // certificate is refused; there is nobody to report it to.
             if let Ok(stream) = acceptor.accept(stream).await {
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let io = AbortableIo::new(stream, Arc::clone(&ctl));
-                match h2 {
-                    true => serve_h2(io, ctl, shared).await,
-                    false => serve_http(io, ctl, shared).await,
-                }
+                serve_http(AbortableIo::new(stream, Arc::clone(&ctl)), ctl, shared, h2).await;
             }
         }
     }
 }
 
-async fn serve_http<S>(io: AbortableIo<S>, ctl: Arc<ConnCtl>, shared: Arc<Shared>)
+/// Serves HTTP/1.1, or HTTP/2 on a connection that negotiated it (where an injected abort
+/// ends the whole connection, every stream on it, as a network failure would).
+async fn serve_http<S>(io: AbortableIo<S>, ctl: Arc<ConnCtl>, shared: Arc<Shared>, h2: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -76,25 +82,15 @@ where
     });
     // Errors here are injected aborts or clients hanging up mid-response; both are
     // normal for a fault-injection server and already visible in the request log.
-    let _ = http1::Builder::new()
-        .serve_connection(TokioIo::new(io), service)
-        .await;
-}
-
-/// HTTP/2 on a connection that negotiated it. An injected abort ends the whole connection
-/// (every stream on it), as a network failure would.
-async fn serve_h2<S>(io: AbortableIo<S>, ctl: Arc<ConnCtl>, shared: Arc<Shared>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |req| {
-        let shared = Arc::clone(&shared);
-        let ctl = Arc::clone(&ctl);
-        async move { routes::handle(req, shared, ctl).await }
-    });
-    let _ = http2::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(io), service)
-        .await;
+    let io = TokioIo::new(io);
+    let _ = match h2 {
+        true => {
+            http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, service)
+                .await
+        }
+        false => http1::Builder::new().serve_connection(io, service).await,
+    };
 }
 
 /// Per-connection control shared between the response body and the IO wrapper.

@@ -121,6 +121,16 @@ impl Daemon {
         .await;
     }
 
+    /// Polls (on fresh connections) until `task` is in `state`.
+    pub async fn wait_for_state(&self, task: u64, state: ferry_proto::TaskState) {
+        let socket = self.socket();
+        wait_until(|| {
+            let socket = socket.clone();
+            async move { Client::connect(&socket).await.task(task).await.state == state }
+        })
+        .await;
+    }
+
     /// Polls (on fresh connections) until `task` has more than `bytes` bytes.
     pub async fn wait_for_bytes(&self, task: u64, bytes: u64) {
         let socket = self.socket();

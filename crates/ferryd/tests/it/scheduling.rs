@@ -741,14 +741,7 @@ async fn a_task_waiting_out_a_retry_gives_its_slot_to_the_next() {
             .filter(|r| r.query.contains("seed=61"))
             .count()
     };
-    crate::fixture::wait_until(|| {
-        let socket = daemon.socket();
-        async move {
-            let mut c = crate::fixture::Client::connect(&socket).await;
-            c.task(busy.id).await.state == retry_wait
-        }
-    })
-    .await;
+    daemon.wait_for_state(busy.id, retry_wait).await;
 
     // The only slot is free: the next task runs at once.
     let out = dir.path().join("next");
@@ -775,14 +768,7 @@ async fn a_task_waiting_out_a_retry_gives_its_slot_to_the_next() {
         .await
         .unwrap();
     crate::fixture::wait_until(|| async { busy_requests() == 2 }).await;
-    crate::fixture::wait_until(|| {
-        let socket = daemon.socket();
-        async move {
-            let mut c = crate::fixture::Client::connect(&socket).await;
-            c.task(busy.id).await.state == retry_wait
-        }
-    })
-    .await;
+    daemon.wait_for_state(busy.id, retry_wait).await;
 
     // A restart keeps it waiting for its time, while other tasks run.
     drop(c);
@@ -866,14 +852,7 @@ async fn many_tasks_waiting_out_retries_do_not_hide_a_due_one() {
         phase: RunPhase::RetryWait,
     };
     for id in &busy {
-        crate::fixture::wait_until(|| {
-            let socket = daemon.socket();
-            async move {
-                let mut c = crate::fixture::Client::connect(&socket).await;
-                c.task(*id).await.state == retry_wait
-            }
-        })
-        .await;
+        daemon.wait_for_state(*id, retry_wait).await;
     }
     // The newest task: one 503 without Retry-After (a retry within about a second).
     let out = dir.path().join("late");
